@@ -128,6 +128,7 @@ class Delivery:
     dns_nameservers: tuple[tuple[str, int], ...]
     dns_timeout: float
     source_address: str | None
+    egress_ips: tuple[str, ...]     # public addresses mail leaves from (SPF records, `domain verify`)
 
 
 @dataclass(frozen=True)
@@ -497,6 +498,7 @@ def _delivery(table: _Table) -> Delivery:
         dns_nameservers=tuple(nameservers),
         dns_timeout=table.convert("dns_timeout", parse_duration, "10s"),
         source_address=table.get("source_address", str, None),
+        egress_ips=tuple(_ips(table, "egress_ips")),
     )
     if delivery.retry_initial <= 0:
         raise table.error("retry_initial", "must be greater than zero")
@@ -504,6 +506,16 @@ def _delivery(table: _Table) -> Delivery:
         raise table.error("retry_max", "must not be smaller than retry_initial")
     table.done()
     return delivery
+
+
+def _ips(table: _Table, name: str) -> list[str]:
+    result = []
+    for item in table.get(name, list, []):
+        try:
+            result.append(str(ipaddress.ip_address(str(item))))
+        except ValueError:
+            raise table.error(name, f"{item!r} is not an IP address") from None
+    return result
 
 
 def _dkim(reader: _Reader, table: _Table) -> dict[str, tuple[DkimKey, ...]]:
