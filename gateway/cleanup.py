@@ -58,6 +58,10 @@ def clean(raw: bytes, policy: CleanupPolicy, *, message_id_domain: str) -> Messa
     normalised = normalise_line_endings(raw, policy)
     if isinstance(normalised, SmtpReply):
         return normalised
+    # Remove dot-stuffing (RFC 5321 §4.5.2) after line endings are CRLF, so a legacy client's
+    # bare-LF lines are unstuffed like Postfix's "normalize" mode does.
+    if b"\r\n.." in normalised or normalised.startswith(b".."):
+        normalised = (b"\r\n" + normalised).replace(b"\r\n..", b"\r\n.")[2:]
     try:
         message = Message.parse(normalised)
     except MessageFormatError:

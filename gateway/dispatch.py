@@ -35,8 +35,9 @@ class HookFailed(Exception):
 
 
 class Dispatcher:
-    def __init__(self, pm: PluginManager, *, timeout: float = 30.0) -> None:
+    def __init__(self, pm: PluginManager, *, timeout: float = 30.0, gateway: Any = None) -> None:
         self.pm = pm
+        self.gateway = gateway
         self.timeout = timeout
         self.trace = os.environ.get("GATEWAY_TRACE_PLUGINS") == "1"
         self._impls: dict[str, list[Any]] = {}
@@ -50,7 +51,8 @@ class Dispatcher:
         return impls
 
     async def _call(self, hook: str, impl: Any, kwargs: dict[str, Any]) -> Any:
-        args = [kwargs[name] for name in impl.argnames]
+        # Every hook may take `gateway`; callers need not pass it.
+        args = [self.gateway if name == "gateway" else kwargs[name] for name in impl.argnames]
         started = time.perf_counter() if self.trace else 0.0
         result = impl.function(*args)
         if inspect.isawaitable(result):

@@ -96,9 +96,10 @@ def gateway_shutdown(gateway: "Gateway") -> "Maybe":
 
 
 @hookspec
-def gateway_connect(session: "Session") -> "HookResult":
+def gateway_connect(gateway: "Gateway", session: "Session") -> "HookResult":
     """A client connected (after the connection limits passed, before the greeting).
 
+    :param gateway: the running gateway (``config``, ``store``, ``stash``).
     :param session: the new session (``peer_ip``, ``listener``, ``allowlisted``).
     :returns: a verdict; ``DENY`` → ``554 5.7.1`` and close, ``DENYSOFT`` → ``421 4.7.0``.
 
@@ -114,9 +115,10 @@ def gateway_connect(session: "Session") -> "HookResult":
 
 
 @hookspec
-def gateway_auth(session: "Session", mechanism: str, username: str, password: str) -> "str | HookResult":
+def gateway_auth(gateway: "Gateway", session: "Session", mechanism: str, username: str, password: str) -> "str | HookResult":
     """Check AUTH credentials (RFC 4954); only ever called over TLS.
 
+    :param gateway: the running gateway (``config``, ``store``, ``stash``).
     :param session: the session asking.
     :param mechanism: ``"PLAIN"`` or ``"LOGIN"``.
     :param username: the login name.
@@ -136,9 +138,10 @@ def gateway_auth(session: "Session", mechanism: str, username: str, password: st
 
 
 @hookspec
-def gateway_mail(session: "Session", transaction: "Transaction", sender: str) -> "HookResult":
+def gateway_mail(gateway: "Gateway", session: "Session", transaction: "Transaction", sender: str) -> "HookResult":
     """MAIL FROM was received and passed the syntax checks.
 
+    :param gateway: the running gateway (``config``, ``store``, ``stash``).
     :param session: the session (``account`` is set for authenticated or relay sessions).
     :param transaction: the new transaction.
     :param sender: the envelope sender, ``""`` for ``<>``.
@@ -156,9 +159,10 @@ def gateway_mail(session: "Session", transaction: "Transaction", sender: str) ->
 
 
 @hookspec
-def gateway_rcpt(session: "Session", transaction: "Transaction", recipient: str) -> "HookResult":
+def gateway_rcpt(gateway: "Gateway", session: "Session", transaction: "Transaction", recipient: str) -> "HookResult":
     """RCPT TO was received and passed the syntax checks.
 
+    :param gateway: the running gateway (``config``, ``store``, ``stash``).
     :param session: the session.
     :param transaction: the transaction (``recipients`` holds those accepted so far).
     :param recipient: the recipient address.
@@ -178,9 +182,10 @@ def gateway_rcpt(session: "Session", transaction: "Transaction", recipient: str)
 
 
 @hookspec
-def gateway_data(session: "Session", transaction: "Transaction", message: "Message") -> "HookResult":
+def gateway_data(gateway: "Gateway", session: "Session", transaction: "Transaction", message: "Message") -> "HookResult":
     """The message arrived (end of DATA), before it is spooled; headers may be changed.
 
+    :param gateway: the running gateway (``config``, ``store``, ``stash``).
     :param session: the session.
     :param transaction: the transaction with its accepted recipients.
     :param message: the message; ``message.headers`` can be read and changed.
@@ -198,9 +203,10 @@ def gateway_data(session: "Session", transaction: "Transaction", message: "Messa
 
 
 @hookspec
-def gateway_queued(session: "Session", transaction: "Transaction", queued: "QueuedMessage") -> "Maybe":
+def gateway_queued(gateway: "Gateway", session: "Session", transaction: "Transaction", queued: "QueuedMessage") -> "Maybe":
     """The message is on stable storage and the client got ``250`` with its MessageId.
 
+    :param gateway: the running gateway (``config``, ``store``, ``stash``).
     :param session: the session.
     :param transaction: the transaction.
     :param queued: the spooled message (``message_id``, ``recipients``, ``meta``).
@@ -220,9 +226,10 @@ def gateway_queued(session: "Session", transaction: "Transaction", queued: "Queu
 
 
 @hookspec
-def gateway_delivery_gate(delivery: "Delivery") -> "Hold | None":
+def gateway_delivery_gate(gateway: "Gateway", delivery: "Delivery") -> "Hold | None":
     """May this delivery be attempted now? Pacing, quotas and warm-up budgets answer here.
 
+    :param gateway: the running gateway (``config``, ``store``, ``stash``).
     :param delivery: one recipient's delivery about to be attempted.
     :returns: ``None`` to go ahead, or a :class:`gateway.delivery.Hold` (``until`` as a
         UNIX time, ``reason``) to wait; a held delivery keeps DeliverStatus 8 with the reason.
@@ -239,9 +246,10 @@ def gateway_delivery_gate(delivery: "Delivery") -> "Hold | None":
 
 
 @hookspec
-def gateway_route(delivery: "Delivery") -> "Route | None":
+def gateway_route(gateway: "Gateway", delivery: "Delivery") -> "Route | None":
     """Choose where a delivery goes; the built-in default follows ``[delivery] transport``.
 
+    :param gateway: the running gateway (``config``, ``store``, ``stash``).
     :param delivery: the delivery (``recipient``, ``domain``, ``account``, ``meta``).
     :returns: a :class:`gateway.transports.base.Route` or ``None`` for no opinion.
 
@@ -257,9 +265,10 @@ def gateway_route(delivery: "Delivery") -> "Route | None":
 
 
 @hookspec
-def gateway_source_address(delivery: "Delivery", route: "Route") -> "str | None":
+def gateway_source_address(gateway: "Gateway", delivery: "Delivery", route: "Route") -> "str | None":
     """Choose the local IP address the outbound connection binds (warm-up pools).
 
+    :param gateway: the running gateway (``config``, ``store``, ``stash``).
     :param delivery: the delivery.
     :param route: the chosen route.
     :returns: an IP address string, or ``None`` to let the system choose.
@@ -275,9 +284,10 @@ def gateway_source_address(delivery: "Delivery", route: "Route") -> "str | None"
 
 
 @hookspec
-def gateway_message_prepare(delivery: "Delivery", message: "Message") -> "Maybe":
+def gateway_message_prepare(gateway: "Gateway", delivery: "Delivery", message: "Message") -> "Maybe":
     """Change this recipient's copy of the message before DKIM signing (always last).
 
+    :param gateway: the running gateway (``config``, ``store``, ``stash``).
     :param delivery: the delivery the copy is for.
     :param message: a per-recipient copy; change headers or body in place.
     :returns: nothing; may be ``async``.
@@ -293,9 +303,10 @@ def gateway_message_prepare(delivery: "Delivery", message: "Message") -> "Maybe"
 
 
 @hookspec
-def gateway_delivery_result(delivery: "Delivery", result: "AttemptResult") -> "Maybe":
+def gateway_delivery_result(gateway: "Gateway", delivery: "Delivery", result: "AttemptResult") -> "Maybe":
     """One delivery attempt ended: delivered, deferred or bounced.
 
+    :param gateway: the running gateway (``config``, ``store``, ``stash``).
     :param delivery: the delivery (``attempts`` counts this one).
     :param result: ``status`` (delivered | deferred | bounced), ``code``, ``enhanced``,
         ``text``, ``remote_host``, ``source_address``.
@@ -313,9 +324,10 @@ def gateway_delivery_result(delivery: "Delivery", result: "AttemptResult") -> "M
 
 
 @hookspec
-def gateway_event(event: "Event") -> "Maybe":
+def gateway_event(gateway: "Gateway", event: "Event") -> "Maybe":
     """An SES event happened (processed, deferred, delivered, dropped, bounce, open, …).
 
+    :param gateway: the running gateway (``config``, ``store``, ``stash``).
     :param event: the :class:`gateway.events.Event` (SES name, recipient, MessageId, …),
         already recorded in the state store's outbox.
     :returns: nothing; may be ``async``.

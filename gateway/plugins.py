@@ -25,7 +25,6 @@ ENTRY_POINT_GROUP = "ses_gateway"
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("accounts", "gateway_plugins.accounts"),
     ("routing", "gateway_plugins.routing"),
-    ("status", "gateway_plugins.status"),
 )
 
 # Hooks whose results decide something: an impl of these must not be a wrapper.

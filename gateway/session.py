@@ -58,6 +58,7 @@ class Transaction:
     smtputf8: bool = False
     body_8bit: bool = False
     recipients: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)   # travels with the message (spooled JSON)
     stash: Stash = field(default_factory=Stash)
 
 
