@@ -10,7 +10,7 @@ import pytest
 from conftest import MESSAGE, queued_files
 from rawsmtp import RawClient
 
-from gateway.testing import GatewayHarness, test_config
+from gateway.testing import GatewayHarness, make_config
 
 H = b"From: app@example.com\r\nTo: to@example.net\r\nSubject: t\r\n\r\n"
 
@@ -18,7 +18,7 @@ H = b"From: app@example.com\r\nTo: to@example.net\r\nSubject: t\r\n\r\n"
 @pytest.fixture
 def make_gw(tmp_path, sink):
     def make(**kwargs) -> GatewayHarness:
-        return GatewayHarness(test_config(tmp_path, sink.port, **kwargs))
+        return GatewayHarness(make_config(tmp_path, sink.port, **kwargs))
     return make
 
 
@@ -312,7 +312,7 @@ async def test_rows_30_31_missing_ids_added_and_bcc_stripped(make_gw, sink, tmp_
 # -- rows 39-54: access, AUTH, connections, timeouts, resources -------------------------------------------------
 
 async def test_row_39_unauthenticated_non_allowlisted_client(tmp_path, sink):
-    config = test_config(tmp_path, sink.port).replace('networks = ["127.0.0.0/8"]', 'networks = ["10.0.0.0/8"]')
+    config = make_config(tmp_path, sink.port).replace('networks = ["127.0.0.0/8"]', 'networks = ["10.0.0.0/8"]')
     async with GatewayHarness(config) as gw:
         c = await client(gw)
         await c.ehlo()
@@ -329,7 +329,7 @@ async def test_row_40_auth_before_starttls(make_gw):
 
 
 async def test_row_43_allowlisted_peer_without_account_cannot_relay(tmp_path, sink):
-    config = test_config(tmp_path, sink.port).replace('account = "app"\n', "", 1)
+    config = make_config(tmp_path, sink.port).replace('account = "app"\n', "", 1)
     async with GatewayHarness(config) as gw:
         c = await client(gw)
         await c.ehlo()
@@ -418,7 +418,7 @@ class Exploding:
 
 
 async def test_row_54_exception_in_handler_is_451_without_detail(tmp_path, sink):
-    async with GatewayHarness(test_config(tmp_path, sink.port), plugins=[("exploding", Exploding())]) as gw:
+    async with GatewayHarness(make_config(tmp_path, sink.port), plugins=[("exploding", Exploding())]) as gw:
         c = await client(gw)
         await c.start()
         reply = await c.data(MESSAGE)

@@ -4,7 +4,7 @@
 listeners, with the plugins you give it (entry points are not loaded), and stops it
 cleanly. Our own suite and third-party plugin authors use the same tool::
 
-    async with SinkServer() as sink, GatewayHarness(test_config(tmp_path, sink.port)) as gw:
+    async with SinkServer() as sink, GatewayHarness(make_config(tmp_path, sink.port)) as gw:
         async with aiosmtplib.SMTP(hostname=gw.host, port=gw.port) as client:
             await client.sendmail("app@example.com", ["to@example.net"], b"From: ...")
 """
@@ -20,10 +20,10 @@ from gateway.server import Gateway
 from gateway.testing.dns import DnsServer
 from gateway.testing.sink import SinkServer
 
-__all__ = ["GatewayHarness", "test_config", "DnsServer", "SinkServer"]
+__all__ = ["GatewayHarness", "make_config", "DnsServer", "SinkServer"]
 
 
-def test_config(tmp_path: Path | str, smarthost_port: int | None = None, *, extra: str = "",
+def make_config(tmp_path: Path | str, smarthost_port: int | None = None, *, extra: str = "",
                 delivery: str = "", limits: str = "", listener: str = "", server: str = "",
                 accounts: str = "") -> str:
     """A minimal config for tests: a relay listener for 127.0.0.0/8 bound to account ``app``
