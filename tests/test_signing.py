@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway import spf
 from gateway.config import Config, ConfigError, load
-from gateway.signing import OVERSIGNED, Signer, load_keys
+from gateway.signing import OVERSIGNED, Signer, canonical_body, load_keys, split_message
 from gateway.testing.dns import DnsServer
 
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -278,6 +278,25 @@ def test_unknown_domain_and_can_sign(rsa_signer: Signer) -> None:
         rsa_signer.sign(PLAIN, "example.org")
     with pytest.raises(ValueError, match="cannot sign"):
         rsa_signer.sign(b"not a header line\r\n\r\nbody\r\n", "example.com")
+    with pytest.raises(ValueError, match="no From header"):
+        rsa_signer.sign(b"Subject: x\r\n\r\nbody\r\n", "example.com")
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"\r\n", b"\r\n\r\n", b"a", b"a\r\n", b"a\r\n\r\n\r\n", b"a b\r\nc\r\n", b"a  b\r\n",
+    b"a\tb\r\n", b"a \r\n", b"a\t\r\n \r\n", b" \r\n", b"x\r\n \r\n", b"a \rb\r\n",
+])
+def test_body_canonicalisation_matches_dkimpy(body: bytes) -> None:
+    assert canonical_body(body) == dkim.canonicalization.Relaxed.canonicalize_body(body)
+
+
+@pytest.mark.parametrize("message", [PLAIN, MESSAGES["multipart"], b"From: a@example.com\r\n",
+                                     b"From: a@example.com", b"From: a@example.com\r\n\r\n",
+                                     b"\r\nbody\r\n", b"From: a\r\n \tfolded\r\n\r\n\r\nbody"])
+def test_split_message_matches_dkimpy(message: bytes) -> None:
+    head, body = split_message(message)
+    assert (dkim.rfc822_parse(head)[0] if head else []) == dkim.rfc822_parse(message)[0]
+    assert body == dkim.rfc822_parse(message)[1]
 
 
 # -------------------------------------------------------------------------------------- key validation
