@@ -61,7 +61,8 @@ def parse_path(arg: str, policy: Policy, *, null_ok: bool) -> Parsed | SmtpReply
         except (HeaderParseError, IndexError):
             return replies.S553_BAD_ADDRESS
         raw = angle.addr_spec
-        if rest and not rest[0].isspace():
+        # The parser eats the whitespace after ">"; parameters must have been separated by it.
+        if rest and not arg[len(arg) - len(rest) - 1].isspace():
             return replies.S553_BAD_ADDRESS
     if raw is None or not raw or "<" in raw or ">" in raw:
         return replies.S553_BAD_ADDRESS
@@ -125,6 +126,12 @@ def to_ascii_domain(domain: str) -> str | None:
     labels = ascii_domain.split(".")
     if len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
         return None
+    for label in labels:
+        if label.startswith("xn--"):
+            try:
+                label.encode("ascii").decode("idna")     # an A-label must decode (RFC 5891 §5.4)
+            except UnicodeError:
+                return None
     if labels[-1].isdigit():
         return None
     return ascii_domain

@@ -16,7 +16,7 @@ class Hold:
     reason: str
 
 
-@dataclass
+@dataclass(eq=False)     # identity semantics: deliveries live in sets and heaps
 class Delivery:
     message: QueuedMessage
     index: int

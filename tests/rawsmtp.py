@@ -71,11 +71,16 @@ class RawClient:
         return await self.reply(timeout)
 
     async def closed(self, timeout: float = 5.0) -> bool:
+        """True when the server closed the connection (the client side is closed too)."""
         try:
             async with asyncio.timeout(timeout):
-                return await self.reader.read() == b""
-        except (ConnectionError, TimeoutError):
-            return True
+                eof = await self.reader.read() == b""
+        except ConnectionError:
+            eof = True
+        except TimeoutError:
+            eof = False
+        await self.close()
+        return eof
 
     async def close(self) -> None:
         self.writer.close()
