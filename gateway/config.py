@@ -595,7 +595,7 @@ def parse(text: str, *, path: str = "<config>", env: Mapping[str, str] | None = 
     listeners = tuple(_listener(reader, _Table(reader, item, f"listener[{i}]"), i) for i, item in enumerate(listeners_raw))
     seen_addresses = set()
     for item in listeners:
-        if item.address in seen_addresses:
+        if item.address in seen_addresses and item.port != 0:      # port 0: the OS picks one each
             raise reader.error("listener.address", f"{item.address} is used by two listeners")
         seen_addresses.add(item.address)
 
