@@ -43,6 +43,8 @@ class Dns:
             raise DnsError(_rcode(exc)) from None
         except dns.exception.Timeout:
             raise DnsError("timeout") from None
+        except dns.exception.DNSException as exc:     # e.g. a malformed name in a record
+            raise DnsError(type(exc).__name__) from None
         if rtype == "TXT":
             # A TXT record's strings are one value (RFC 7208 §3.3, RFC 6376 §3.6.2.2).
             return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
@@ -167,6 +169,8 @@ class _Evaluation:
         target = self.expand(match.group("domain") or domain, domain)
         v4 = int(match.group("v4") or 32)
         v6 = int(match.group("v6") or 128)
+        if v4 > 32 or v6 > 128:
+            raise _PermError(f"bad prefix length in {mechanism} mechanism {spec!r}")
         self.count()
         hosts = [target]
         if mechanism == "mx":

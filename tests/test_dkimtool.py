@@ -240,6 +240,7 @@ def fake_dns(zone: dict[str, dict[str, list[str]]]) -> spf.Lookup:
     ("v=spf1 a:v1.test a:v2.test a:v3.test -all", "192.0.2.10", "permerror"),   # 3 void lookups
     ("v=spf1 include:broken.test -all", "192.0.2.10", "temperror"),
     ("v=spf1", "192.0.2.10", "neutral"),
+    ("v=spf1 a/33 -all", "192.0.2.10", "permerror"),
 ])
 def test_check_host(record: str, ip: str, expected: str) -> None:
     zone = {
