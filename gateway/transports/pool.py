@@ -76,7 +76,9 @@ class ConnectionPool:
         self.open = 0                                   # connections counted against the cap
         self._idle: dict[PoolKey, list[PooledConnection]] = {}
         self._slots: dict[str, _Slot] = {}
-        self._changed = asyncio.Condition()
+        # Callers waiting for room under the global cap. Plain futures, appended with no
+        # suspension after the check, so a wake-up can never fall between check and wait.
+        self._waiters: list[asyncio.Future[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -124,7 +126,7 @@ class ConnectionPool:
                     smtp = await connect()
                 except BaseException:
                     self.open -= 1
-                    await self._notify()
+                    self._wake()
                     raise
                 return PooledConnection(key, smtp, remote_host), False
             victim = self._oldest_idle()
@@ -132,8 +134,13 @@ class ConnectionPool:
                 self._forget_idle(victim)
                 await self._retire(victim, polite=True)
                 continue
-            async with self._changed:
-                await self._changed.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
 
     async def release(self, conn: PooledConnection, *, reusable: bool) -> None:
         """Give ``conn`` back after one transaction; ``reusable=False`` after any error."""
@@ -146,7 +153,7 @@ class ConnectionPool:
             return
         self._idle.setdefault(conn.key, []).append(conn)
         conn.timer = asyncio.get_running_loop().call_later(self.idle, self._expire, conn)
-        await self._notify()
+        self._wake()
 
     async def close(self) -> None:
         """Close every idle connection; connections in use close when released."""
@@ -206,8 +213,10 @@ class ConnectionPool:
                     await conn.smtp.quit(timeout=min(self.command_timeout, QUIT_TIMEOUT))
         finally:
             conn.smtp.close()
-            await self._notify()
+            self._wake()
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

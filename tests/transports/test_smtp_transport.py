@@ -205,6 +205,12 @@ async def test_global_connection_cap_closes_idle_connections():
             assert transport.pool.open == 1
             assert (await send(transport, smarthost(first.port))).status == "delivered"
             assert len(first.connections) == 2
+            # At the cap with the only connection busy, the other destination waits its turn.
+            first.delay = second.delay = 0.1
+            results = await asyncio.gather(send(transport, smarthost(first.port)),
+                                           send(transport, smarthost(second.port)))
+            assert [r.status for r in results] == ["delivered", "delivered"]
+            assert transport.pool.open == 1
     finally:
         await transport.close()
 
