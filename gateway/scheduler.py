@@ -246,7 +246,9 @@ class Scheduler:
             await self._complete(message)
 
     async def _complete(self, message: QueuedMessage) -> None:
-        self.messages.pop(message.message_id, None)
+        # Several deliveries of one message can finish together; only the first completes it.
+        if self.messages.pop(message.message_id, None) is None:
+            return
         data = self.data_cache.pop(message.message_id, None)
         failures = [(r.recipient, r.last_error) for r in message.recipients if r.status == "bounced"]
         if failures and self.gateway.dsn_wanted(message.sender):

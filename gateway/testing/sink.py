@@ -6,6 +6,7 @@ stage, like Postfix's smtp-sink ``-r/-f/-q`` options::
 
     sink = SinkServer(fail={"RCPT": "450 4.2.0 Mailbox busy"})
     sink = SinkServer(disconnect_after_data=True)
+    sink = SinkServer(fail_data={"to@example.net": "554 5.7.1 Rejected"})
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class _Handler:
         reply = self.sink.fail.get("MAIL")
         if reply:
             return reply
-        envelope.mail_from = address
+        envelope.mail_from = address       # "<>" for the null sender; aiosmtpd needs it non-empty
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
 
@@ -55,10 +56,12 @@ class _Handler:
             server.transport.close()
             return "250 2.0.0 never seen"
         reply = self.sink.fail.get("DATA")
+        for recipient in envelope.rcpt_tos:
+            reply = reply or self.sink.fail_data.get(recipient)
         if reply:
             return reply
         self.sink.messages.append(Received(
-            str(envelope.mail_from), list(envelope.rcpt_tos), bytes(envelope.original_content or b""),
+            "" if envelope.mail_from == "<>" else str(envelope.mail_from), list(envelope.rcpt_tos), bytes(envelope.original_content or b""),
             session.peer, list(envelope.mail_options)))
         self.sink.arrived.set()
         return "250 2.0.0 Ok: queued"
@@ -66,13 +69,15 @@ class _Handler:
 
 class SinkServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, fail: dict[str, str] | None = None,
-                 fail_rcpt: dict[str, str] | None = None, disconnect_after_data: bool = False,
+                 fail_rcpt: dict[str, str] | None = None, fail_data: dict[str, str] | None = None,
+                 disconnect_after_data: bool = False,
                  delay: float = 0.0, tls_context: ssl.SSLContext | None = None,
                  auth: tuple[str, str] | None = None) -> None:
         self.host = host
         self.port = port
         self.fail: dict[str, str] = dict(fail or {})
         self.fail_rcpt: dict[str, str] = dict(fail_rcpt or {})
+        self.fail_data: dict[str, str] = dict(fail_data or {})   # by recipient, at end of DATA
         self.disconnect_after_data = disconnect_after_data
         self.delay = delay
         self.tls_context = tls_context
