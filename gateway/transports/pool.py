@@ -59,6 +59,10 @@ class PooledConnection:
 Connector = Callable[[], Awaitable[aiosmtplib.SMTP]]
 
 
+class PoolClosed(RuntimeError):
+    """The pool was closed (shutdown): no new transactions."""
+
+
 class _Slot:
     def __init__(self, limit: int) -> None:
         self.semaphore = asyncio.Semaphore(limit)
@@ -115,7 +119,7 @@ class ConnectionPool:
         Whatever ``connect`` raises propagates (the reserved place under the cap is given back).
         """
         if self._closed:
-            raise RuntimeError("connection pool is closed")
+            raise PoolClosed("connection pool is closed")
         while True:
             reused = await self._take_idle(key)
             if reused is not None:

@@ -26,7 +26,7 @@ import structlog
 from gateway.config import Delivery
 from gateway.transports.base import AttemptResult, Route
 from gateway.transports.mx import MxError, MxResolver
-from gateway.transports.pool import ConnectionPool, PooledConnection, PoolKey
+from gateway.transports.pool import ConnectionPool, PoolClosed, PooledConnection, PoolKey
 
 log = structlog.get_logger("gateway.transports")
 
@@ -108,8 +108,15 @@ class SmtpTransport:
         source = source_address or self.delivery.source_address
         # A non-ASCII address needs SMTPUTF8 whatever the flag says (RFC 6531 §3.4).
         envelope = _Envelope(sender, recipient, data, smtputf8 or not (sender + recipient).isascii(), body_8bit)
-        async with self.pool.slot(route.destination):
-            result = await self._deliver(route, source, envelope)
+        try:
+            async with self.pool.slot(route.destination):
+                result = await self._deliver(route, source, envelope)
+        except PoolClosed:
+            result = AttemptResult.deferred("4.3.2", "shutting down")
+        except Exception:
+            # A bug here must not lose mail: the message stays queued and is retried.
+            log.exception("smtp transport error", destination=route.destination, recipient=recipient)
+            result = AttemptResult.deferred("4.3.0", "internal error in the SMTP transport")
         log.info("smtp attempt", destination=route.destination, recipient=recipient, status=result.status,
                  code=result.code, enhanced=result.enhanced, remote=result.remote_host, source=source)
         return dataclasses.replace(result, source_address=source or "")

@@ -414,3 +414,11 @@ async def test_all_mx_down_defers(dns):
 async def test_dns_outcomes(dns, domain, status, enhanced):
     result = await send_mx(dns, domain, 25, source="127.0.0.3")
     assert (result.status, result.enhanced, result.source_address) == (status, enhanced, "127.0.0.3")
+
+
+async def test_send_after_close_defers(sink):
+    transport = SmtpTransport(delivery(), "gw.example.com")
+    await transport.close()
+    result = await send(transport, smarthost(sink.port))
+    assert (result.status, result.enhanced) == ("deferred", "4.3.2")
+    assert sink.connections == []
