@@ -114,7 +114,7 @@ def reencode_long_lines(message: Message) -> Message:
         if part.is_multipart():
             continue
         payload = part.get_payload(decode=True)
-        if payload is None:
+        if not isinstance(payload, bytes):
             continue
         if not any(len(line) > 998 for line in payload.split(b"\n")):
             cte = (part.get("Content-Transfer-Encoding") or "").lower()

@@ -8,7 +8,7 @@ import argparse
 import asyncio
 import getpass
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from gateway import __version__
 from gateway import plugins as plugin_registry
@@ -29,7 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load(args.config)
     logs.configure(config.log_level, config.log_format)
     try:
-        import uvloop  # type: ignore[import-not-found]  # optional: faster event loop when installed
+        import uvloop  # optional: a faster event loop when installed
         return int(uvloop.run(serve(config)))
     except ImportError:
         return asyncio.run(serve(config))
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
+def _extensions() -> list[Callable[[Any], None]]:
     """Sub-command groups that live in their own modules (dkim, domain, …)."""
     found = []
     for module_name in ("gateway.dkimtool",):

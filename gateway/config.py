@@ -222,7 +222,7 @@ class _Table:
         if name not in self.data:
             if default is ...:
                 raise self.error(name, "is required")
-            return parse(default) if isinstance(default, str) else default  # type: ignore[no-any-return]
+            return parse(default) if isinstance(default, str) else default  # type: ignore[no-any-return,unused-ignore]
         try:
             return parse(_plain(self.data[name]))
         except ValueError as exc:

@@ -50,10 +50,10 @@ class Message:
             colon = line.find(b":")
             if colon <= 0:
                 raise MessageFormatError("header line without a colon")
-            name = line[:colon].rstrip(b" \t")  # obs-fname allows WSP before the colon (RFC 5322 §4.5)
-            if not _name_ok(name):
+            field_name = line[:colon].rstrip(b" \t")  # obs-fname allows WSP before the colon (RFC 5322 §4.5)
+            if not _name_ok(field_name):
                 raise MessageFormatError("invalid header field name")
-            fields.append((name.decode("ascii").lower(), line + CRLF))
+            fields.append((field_name.decode("ascii").lower(), line + CRLF))
         return cls(fields, body)
 
     # -- reading -------------------------------------------------------------------------

@@ -44,7 +44,7 @@ class PluginManager(pluggy.PluginManager):
         # Only gateway_* attributes are hook impls, so plugin classes can keep helpers (pytest #1073).
         if not name.startswith("gateway_"):
             return None
-        opts = super().parse_hookimpl_opts(plugin, name)
+        opts: Any = super().parse_hookimpl_opts(plugin, name)
         if opts is None:
             method = getattr(plugin, name, None)
             if inspect.isroutine(method):

@@ -119,9 +119,8 @@ class Gateway:
             await site.start()
         except OSError as exc:
             raise StartupError(f"http.address {self.config.http.address}: {exc.strerror}") from None
-        server = site._server
-        assert server is not None
-        self.http_bound = server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+        server: Any = site._server          # aiohttp keeps the asyncio.Server here; port 0 needs it
+        self.http_bound = server.sockets[0].getsockname()[:2]
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

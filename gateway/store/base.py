@@ -100,7 +100,7 @@ def open_store(url: str) -> Store:
 
         return SqliteStore(url[len("sqlite:///") - 1:] if url.startswith("sqlite:////") else url[len("sqlite:///"):])
     if url.startswith(("redis://", "rediss://")):
-        from gateway.store.redis import RedisStore  # type: ignore[import-not-found]
+        from gateway.store.redis import RedisStore
 
-        return RedisStore(url)  # type: ignore[no-any-return]
+        return RedisStore(url)
     raise ValueError(f"unsupported state URL {url!r}")

@@ -116,7 +116,8 @@ class SqliteStore(Store):
     async def query_status(self, *, date: str | None = None, message_id: str | None = None,
                            recipient: str | None = None, account: str | None = None,
                            offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         for column, value in (("day", date), ("message_id", message_id), ("recipient", recipient), ("account", account)):
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -131,7 +132,8 @@ class SqliteStore(Store):
 
     async def outbox(self, *, state: str | None = None, due_before: float | None = None,
                      limit: int = 100, after_seq: int = 0) -> list[OutboxItem]:
-        clauses, args = ["seq > ?"], [after_seq]
+        clauses: list[str] = ["seq > ?"]
+        args: list[Any] = [after_seq]
         if state is not None:
             clauses.append("state = ?")
             args.append(state)

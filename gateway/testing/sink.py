@@ -62,7 +62,7 @@ class _Handler:
             return reply
         self.sink.messages.append(Received(
             "" if envelope.mail_from == "<>" else str(envelope.mail_from), list(envelope.rcpt_tos), bytes(envelope.original_content or b""),
-            session.peer, list(envelope.mail_options)))
+            tuple(session.peer) if isinstance(session.peer, tuple) else ("", 0), list(envelope.mail_options)))
         self.sink.arrived.set()
         return "250 2.0.0 Ok: queued"
 
