@@ -137,6 +137,7 @@ class DkimKey:
     selector: str
     key_file: str
     algorithm: str                  # rsa-sha256 | ed25519-sha256 (detected from the key)
+    generate: bool = False          # create the key at start when the file is missing
 
 
 @dataclass(frozen=True)
@@ -536,7 +537,8 @@ def _dkim_key(table: _Table, domain: str, suffix: str) -> DkimKey:
     if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", selector):
         raise table.error("selector" + suffix, f"{selector!r} is not a valid selector")
     key_file = table.get("key_file" + suffix, str, required=True)
-    return DkimKey(domain, selector, key_file, "")
+    generate = table.get("generate", bool, False) if not suffix else False
+    return DkimKey(domain, selector, key_file, "", generate)
 
 
 def _http(table: _Table) -> Http:

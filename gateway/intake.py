@@ -8,6 +8,7 @@ parameters, AUTH lockout, content cleanup, and the durable commit before ``250``
 from __future__ import annotations
 
 import collections
+import email.utils
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +133,10 @@ class Intake:
                 return replies.S552_TOO_BIG
         if params:
             return replies.S555_PARAM_UNKNOWN
+        # An account sends only from its own domains, and only from domains it can sign for
+        # (DESIGN §4-5); the null sender (DSNs) has no domain to check.
+        if parsed.address and session.account is not None and not self.may_send_as(session.account, parsed.domain):
+            return replies.S550_NOT_AUTHENTICATED_SENDER
         if not self.gateway.spool.has_space():
             return replies.S452_STORAGE
         transaction = session.begin(parsed.address)
@@ -168,6 +173,12 @@ class Intake:
         transaction.recipients.append(parsed.address)
         return replies.S250_RCPT_OK
 
+    def may_send_as(self, account_name: str, domain: str) -> bool:
+        account = self.config.accounts.get(account_name)
+        domain = domain.lower()
+        signer = self.gateway.signer
+        return bool(account is not None and account.owns(domain) and signer is not None and signer.can_sign(domain))
+
     # -- DATA ------------------------------------------------------------------------------------------
     def cleanup_policy(self, session: Session) -> CleanupPolicy:
         limits = self.config.limits
@@ -181,6 +192,12 @@ class Intake:
         if isinstance(message, SmtpReply):
             self._log_transaction(session, message)
             return message
+        if session.account is not None:
+            # The header From is what recipients see and what DKIM aligns with (RFC 7489 §3.1).
+            for _, address in email.utils.getaddresses(message.get_all("from")):
+                if not self.may_send_as(session.account, address.rpartition("@")[2]):
+                    self._log_transaction(session, replies.S550_NOT_AUTHENTICATED_SENDER)
+                    return replies.S550_NOT_AUTHENTICATED_SENDER
         if not transaction.body_8bit and not raw.isascii():
             transaction.body_8bit = True       # many clients send 8-bit without BODY=8BITMIME
         reply = await self.gateway.dispatch.verdict("gateway_data", session=session, transaction=transaction,

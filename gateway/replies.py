@@ -101,6 +101,8 @@ S553_RELAY_SYNTAX = SmtpReply(553, "5.1.3", "Source-route, percent-hack and bang
 S553_QUOTED_LOCAL = SmtpReply(553, "5.1.3", "Quoted local parts are not accepted")
 S553_SMTPUTF8_REQUIRED = SmtpReply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 S554_RELAY_DENIED = SmtpReply(554, "5.7.1", "Relay access denied")
+S550_NOT_AUTHENTICATED_SENDER = SmtpReply(
+    550, "5.7.1", "FailedOperation.NotAuthenticatedSender: the sender domain is not one of this account's signing domains")
 S554_ACCESS_DENIED = SmtpReply(554, "5.7.1", "Access denied")
 
 # --- permanent: content ---------------------------------------------------------------

@@ -119,9 +119,29 @@ def _algorithm(private_key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> st
 
 
 def _key_path(config: Config, key_file: str) -> Path:
-    # Relative key paths are relative to the configuration file, not to the working directory.
-    path = Path(key_file)
-    return path if path.is_absolute() else Path(config.path).resolve().parent / path
+    # Relative paths in the configuration (spool, state, keys) all resolve against the
+    # working directory; `dkim keygen` writes absolute paths.
+    return Path(key_file)
+
+
+def generate_key(path: Path, key_type: str = "rsa") -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
+    """Create a new private key file (0600 from the first byte, never overwriting one)."""
+    private_key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    if key_type == "ed25519":
+        private_key = ed25519.Ed25519PrivateKey.generate()
+    else:
+        private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return private_key
 
 
 def read_key_file(path: Path) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
@@ -150,9 +170,14 @@ def load_keys(config: Config) -> "Signer":
                 # Both keys would have to be published at the same DNS name.
                 raise ConfigError(f"{where}.selector{suffix}: {entry.selector!r} is already used by the first key")
             selectors.add(entry.selector)
+            key_path = _key_path(config, entry.key_file)
             try:
-                private_key = read_key_file(_key_path(config, entry.key_file))
-            except ValueError as exc:
+                if entry.generate and not key_path.exists():
+                    # `generate = true`: a first start on a fresh machine creates the key;
+                    # the TXT record to publish is printed by `ses-gateway dkim dns`.
+                    generate_key(key_path)
+                private_key = read_key_file(key_path)
+            except (ValueError, OSError) as exc:
                 raise ConfigError(f"{where}.key_file{suffix}: {exc}") from None
             detected = dataclasses.replace(entry, algorithm=_algorithm(private_key))
             loaded.append(LoadedKey(detected, private_key))

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from gateway import plugins as plugin_registry
 from gateway.config import Config, parse
 from gateway.server import Gateway
+from gateway.signing import generate_key
 from gateway.testing.dns import DnsServer
 from gateway.testing.sink import SinkServer
 
@@ -25,10 +26,16 @@ __all__ = ["GatewayHarness", "make_config", "DnsServer", "SinkServer"]
 
 def make_config(tmp_path: Path | str, smarthost_port: int | None = None, *, extra: str = "",
                 delivery: str = "", limits: str = "", listener: str = "", server: str = "",
-                accounts: str = "") -> str:
+                accounts: str = "", dkim: bool = True) -> str:
     """A minimal config for tests: a relay listener for 127.0.0.0/8 bound to account ``app``
-    (domain example.com), SQLite state under ``tmp_path``, fast retries, and a smarthost sink."""
+    (domain example.com, with an Ed25519 DKIM key made in ``tmp_path``), SQLite state under
+    ``tmp_path``, fast retries, and a smarthost sink."""
     tmp = Path(tmp_path)
+    if dkim:
+        key_file = tmp / "dkim" / "example.com.s1.pem"
+        if not key_file.exists():
+            generate_key(key_file, "ed25519")
+        extra = f'[dkim."example.com"]\nselector = "s1"\nkey_file = "{key_file}"\n' + extra
     if not delivery:
         delivery = textwrap.dedent(f"""\
             transport = "smarthost"
