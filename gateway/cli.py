@@ -102,14 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[Any], None]]:
     """Sub-command groups that live in their own modules (dkim, domain, …)."""
+    import importlib
+    import importlib.util
+
     found = []
-    for module_name in ("gateway.dkimtool",):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ImportError:
+    for module_name in EXTENSIONS:
+        if importlib.util.find_spec(module_name) is None:
             continue
-        found.append(module.register)
+        found.append(importlib.import_module(module_name).register)
     return found
+
+
+# Modules that add sub-command groups with `register(subparsers)`.
+EXTENSIONS = ("gateway.dkimtool", "gateway.policy_cli", "gateway.events_cli", "gateway.warmup_cli", "gateway.queue_cli")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -410,8 +410,12 @@ def _account(reader: _Reader, table: _Table, name: str) -> Account:
     if callback_url is not None and not re.match(r"^https?://[^\s/]+", callback_url):
         raise table.error("callback_url", f"expected an http(s) URL, got {callback_url!r}")
     settings = {k: _plain(v) for k, v in table.data.items() if k not in table.used}
-    # Per-account keys beyond the fixed ones belong to plugins, which validate them in
-    # gateway_validate_config; mark them used here.
+    # Beyond the fixed keys, an account holds one sub-table per plugin
+    # (``[accounts.app.ses_policy]``), validated by that plugin's gateway_validate_config;
+    # the gateway checks at start that each sub-table names a loaded plugin.
+    for key, value in settings.items():
+        if not isinstance(value, dict):
+            raise table.error(key, "unknown key")
     table.used.update(settings)
     return Account(name, tuple(clean), password, password_hash, callback_url, MappingProxyType(settings))
 

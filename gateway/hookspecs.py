@@ -92,6 +92,24 @@ def gateway_shutdown(gateway: "Gateway") -> "Maybe":
     """
 
 
+@hookspec
+def gateway_reload(gateway: "Gateway", old_config: "Config") -> "Maybe":
+    """A new configuration was validated and swapped in (SIGHUP); ``gateway.config`` is the new one.
+
+    :param gateway: the running gateway, already on the new configuration.
+    :param old_config: the configuration that was replaced.
+    :returns: nothing; may be ``async``. Plugins that cache settings refresh them here.
+
+    All implementations are called; results are ignored.
+
+    Example::
+
+        @hookimpl
+        def gateway_reload(gateway, old_config):
+            gateway.stash[SCHEDULES] = build_schedules(gateway.config.plugin_config("warmup"))
+    """
+
+
 # --------------------------------------------------------------------------- SMTP intake
 
 
@@ -344,6 +362,26 @@ def gateway_event(gateway: "Gateway", event: "Event") -> "Maybe":
 
 
 # --------------------------------------------------------------------------- HTTP
+
+
+@hookspec
+def gateway_metrics(gateway: "Gateway") -> "list[Any] | None":
+    """Contribute Prometheus metric families to ``/metrics``, computed at scrape time.
+
+    :param gateway: the running gateway.
+    :returns: a list of ``prometheus_client.core`` metric families (``GaugeMetricFamily`` …)
+        or ``None``; may be ``async``.
+
+    All implementations are called; results are collected.
+
+    Example::
+
+        @hookimpl
+        async def gateway_metrics(gateway):
+            depth = GaugeMetricFamily("sesgw_webhook_outbox_depth", "Events waiting to be posted")
+            depth.add_metric([], len(await gateway.store.outbox(state="pending", limit=100000)))
+            return [depth]
+    """
 
 
 @hookspec

@@ -25,6 +25,12 @@ ENTRY_POINT_GROUP = "ses_gateway"
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("accounts", "gateway_plugins.accounts"),
     ("routing", "gateway_plugins.routing"),
+    ("ses_policy", "gateway_plugins.ses_policy"),
+    ("admin_api", "gateway_plugins.admin_api"),
+    ("callbacks", "gateway_plugins.callbacks"),
+    ("unsubscribe", "gateway_plugins.unsubscribe"),
+    ("warmup", "gateway_plugins.warmup"),
+    ("metrics", "gateway_plugins.metrics"),
 )
 
 # Hooks whose results decide something: an impl of these must not be a wrapper.

@@ -272,9 +272,7 @@ class Scheduler:
         )
 
     async def _record(self, updates: list[StatusUpdate], events: list[Event]) -> None:
-        await self.gateway.store.record(updates, events)
-        for event in events:
-            await self.gateway.dispatch.notify("gateway_event", event=event)
+        await self.gateway.record(updates, events)
 
 
 def dsn_message(reporting_mta: str, message: QueuedMessage) -> QueuedMessage:

@@ -25,6 +25,7 @@ from aiohttp import web
 from gateway import plugins as plugin_registry
 from gateway.config import Config, ConfigError
 from gateway.dispatch import Dispatcher
+from gateway.http import GATEWAY_KEY
 from gateway.intake import Intake
 from gateway.message import Message
 from gateway.plugins import PluginManager, StartupError
@@ -32,7 +33,8 @@ from gateway.scheduler import Scheduler, dsn_message
 from gateway.session import Stash
 from gateway.smtp import GatewaySMTP, protocol_factory
 from gateway.spool import QueuedMessage, Spool, SpoolError
-from gateway.store.base import Store, open_store
+from gateway.events import Event
+from gateway.store.base import StatusUpdate, Store, open_store
 from gateway.transports.base import AttemptResult, Transport
 
 log = structlog.get_logger("gateway.server")
@@ -61,6 +63,11 @@ class Gateway:
     # -- start-up ------------------------------------------------------------------------------------------
     async def validate(self) -> None:
         errors: list[str] = []
+        plugin_names = {name for name, _ in self.pm.list_name_plugin()}
+        for account in self.config.accounts.values():
+            for key in account.settings:
+                if key not in plugin_names:
+                    errors.append(f"{self.config.path}: accounts.{account.name}.{key}: unknown key (no plugin named {key!r})")
         for result in await self.dispatch.collect("gateway_validate_config", config=self.config):
             errors.extend(result)
         if errors:
@@ -108,6 +115,7 @@ class Gateway:
     async def _start_http(self) -> None:
         assert self.config.http is not None
         app = web.Application(client_max_size=1024 * 1024)
+        app[GATEWAY_KEY] = self
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         for routes in await self.dispatch.collect("gateway_http_routes", gateway=self):
@@ -129,6 +137,14 @@ class Gateway:
         checks = {"listeners": self.ready and not self.stopping, "store": await self.store.ping(),
                   "spool": self.spool.has_space()}
         return web.json_response({"ready": all(checks.values()), "checks": checks}, status=200 if all(checks.values()) else 503)
+
+    # -- state ------------------------------------------------------------------------------------------------
+    async def record(self, updates: list[StatusUpdate], events: list[Event]) -> None:
+        """Apply status-record updates and append events to the outbox in one store step, then
+        tell ``gateway_event`` plugins. Every status change and event goes through here."""
+        await self.store.record(updates, events)
+        for event in events:
+            await self.dispatch.notify("gateway_event", event=event)
 
     # -- delivery helpers -----------------------------------------------------------------------------------
     async def sign(self, message: Message, delivery: Any) -> bytes:

@@ -54,7 +54,7 @@ async def zone(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(MESSAGES))
 async def test_delivered_mail_is_signed_and_verifies(tmp_path, sink, zone, name):
-    async with GatewayHarness(make_config(tmp_path, sink.port), plugins=[("unsubscribe", Unsubscribe())]) as gw:
+    async with GatewayHarness(make_config(tmp_path, sink.port), plugins=[("fake_unsubscribe", Unsubscribe())]) as gw:
         client = await RawClient.connect(gw.host, gw.port)
         await client.start(recipients=("to@example.net",))
         reply = await client.data(MESSAGES[name].rstrip(b"\r\n") if name != "lf-only-legacy" else MESSAGES[name].rstrip(b"\n"))

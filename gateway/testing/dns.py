@@ -79,24 +79,30 @@ class DnsServer:
                 if reply is not None:
                     self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
 
-        transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(self.host, 0))
-        self._udp = transport
-        self.port = transport.get_extra_info("sockname")[1]
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(50):
+            # UDP and TCP must share one port number; the UDP one the OS picks may be taken for TCP.
+            transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(self.host, 0))
+            port = transport.get_extra_info("sockname")[1]
             try:
-                length = struct.unpack("!H", await reader.readexactly(2))[0]
-                reply = server.answer(await reader.readexactly(length))
-                if reply is not None:
-                    writer.write(struct.pack("!H", len(reply)) + reply)
-                    await writer.drain()
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            finally:
-                writer.close()
+                self._tcp = await asyncio.start_server(self._handle, self.host, port)
+            except OSError:
+                transport.close()
+                continue
+            self._udp, self.port = transport, port
+            return self
+        raise OSError("no free port for the test DNS server")
 
-        self._tcp = await asyncio.start_server(handle, self.host, self.port)
-        return self
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            length = struct.unpack("!H", await reader.readexactly(2))[0]
+            reply = self.answer(await reader.readexactly(length))
+            if reply is not None:
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
 
     async def __aexit__(self, *exc: object) -> None:
         if self._udp is not None:
