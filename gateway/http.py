@@ -63,3 +63,41 @@ def _error_text(code: str, message: str) -> str:
     import json
 
     return json.dumps({"error": {"code": code, "message": message}})
+
+
+# -- OpenAPI ------------------------------------------------------------------------------------
+# Admin routes describe themselves with @operation; /v1/openapi.json (admin_api plugin) is
+# built from this registry, so a plugin's routes are documented where they are written.
+OPERATIONS: list[dict[str, Any]] = []
+
+
+def operation(method: str, path: str, *, summary: str, parameters: list[dict[str, Any]] | None = None,
+              request_body: dict[str, Any] | None = None, responses: dict[str, Any] | None = None,
+              tag: str = "admin") -> Callable[[Handler], Handler]:
+    """Register an admin route's OpenAPI 3.1 operation. ``parameters`` use OpenAPI's shape,
+    e.g. ``{"name": "Limit", "in": "query", "schema": {"type": "integer", "maximum": 100}}``."""
+
+    def register(handler: Handler) -> Handler:
+        entry = {"method": method.lower(), "path": path, "summary": summary, "tag": tag,
+                 "parameters": parameters or [], "requestBody": request_body,
+                 "responses": responses or {"200": {"description": "OK"}}}
+        if not any(o["method"] == entry["method"] and o["path"] == path for o in OPERATIONS):
+            OPERATIONS.append(entry)
+        return handler
+
+    return register
+
+
+def openapi_document(title: str, version: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        item: dict[str, Any] = {"summary": op["summary"], "tags": [op["tag"]], "parameters": op["parameters"],
+                                "responses": {**op["responses"],
+                                              "400": {"description": "bad parameter (JSON error)"},
+                                              "401": {"description": "missing or wrong bearer token"}},
+                                "security": [{"bearer": []}]}
+        if op["requestBody"]:
+            item["requestBody"] = op["requestBody"]
+        paths.setdefault(op["path"], {})[op["method"]] = item
+    return {"openapi": "3.1.0", "info": {"title": title, "version": version}, "paths": paths,
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}}
