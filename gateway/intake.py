@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import email.utils
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from gateway.addresses import Parsed, Policy, parse_path
 from gateway.cleanup import CleanupPolicy, clean
 from gateway.replies import SmtpReply, for_verdict
 from gateway.results import Reply, Verdict
-from gateway.session import Session
+from gateway.session import Session, StashKey
 from gateway.spool import QueuedMessage, RecipientState, SpoolError, new_message_id
 
 if TYPE_CHECKING:
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
     from gateway.smtp import GatewaySMTP
 
 log = structlog.get_logger("gateway.intake")
+
+# The configuration a session started with: a reload (SIGHUP) applies to new sessions, a
+# running one finishes on the configuration it was greeted under.
+SESSION_CONFIG = StashKey[Any]()
+# Tencent SES error codes lead plugin reply texts: "FailedOperation.EmailAddrInBlacklist ...".
+_SES_CODE = re.compile(r"[A-Z][A-Za-z]+(?:\.[A-Za-z]+)+(?=\s|$)")
 
 
 class Intake:
@@ -37,13 +44,19 @@ class Intake:
         self.auth_failures: dict[str, collections.deque[float]] = {}
         self.auth_locked_until: dict[str, float] = {}
         self.stats: collections.Counter[str] = collections.Counter()
+        # RCPT outcomes by reply (code, enhanced code, SES error code or ""), for /metrics.
+        self.rcpt_results: collections.Counter[tuple[int, str, str]] = collections.Counter()
 
     @property
     def config(self) -> Any:
         return self.gateway.config
 
+    def config_of(self, session: Session) -> Any:
+        return session.stash.get(SESSION_CONFIG, self.gateway.config)
+
     # -- connection -------------------------------------------------------------------------------
     async def connect(self, session: Session) -> SmtpReply | None:
+        session.stash[SESSION_CONFIG] = self.gateway.config
         limits = self.config.limits
         self.per_ip[session.peer_ip] += 1
         if self.gateway.stopping:
@@ -84,13 +97,13 @@ class Intake:
                 "gateway_auth", session=session, mechanism=mechanism, username=username, password=password)
         except Exception:
             return replies.S454_AUTH_LOCKED
-        if isinstance(result, str) and result in self.config.accounts:
+        if isinstance(result, str) and result in self.config_of(session).accounts:
             session.authenticated, session.username, session.account = True, username, result
             self.auth_failures.pop(session.peer_ip, None)
             log.info("auth ok", session_id=session.id, username=username, account=result)
             return replies.S235_AUTH_OK
         # Brute force: N failures per IP within the window lock the IP out (reliability.md §2.7).
-        limits = self.config.limits
+        limits = self.config_of(session).limits
         now = time.monotonic()
         failures = self.auth_failures.setdefault(session.peer_ip, collections.deque())
         failures.append(now)
@@ -104,14 +117,14 @@ class Intake:
         return replies.S535_AUTH_INVALID
 
     # -- MAIL / RCPT -----------------------------------------------------------------------------------
-    def _address_policy(self, smtputf8: bool) -> Policy:
-        limits = self.config.limits
+    def _address_policy(self, session: Session, smtputf8: bool) -> Policy:
+        limits = self.config_of(session).limits
         return Policy(smtputf8, limits.allow_address_literals, limits.allow_quoted_local_parts)
 
     async def mail(self, session: Session, arg: str) -> SmtpReply:
         if session.account is None and (session.listener.require_auth or not session.allowlisted):
             return replies.S530_AUTH_REQUIRED
-        parsed = parse_path(arg, self._address_policy(True), null_ok=True)
+        parsed = parse_path(arg, self._address_policy(session, True), null_ok=True)
         if isinstance(parsed, SmtpReply):
             return parsed
         params = _esmtp_params(parsed.params)
@@ -129,13 +142,13 @@ class Intake:
         if size is not None:
             if size is True or not str(size).isdigit():
                 return replies.S501_SYNTAX_PARAMS
-            if int(str(size)) > self.config.limits.max_message_size:
+            if int(str(size)) > self.config_of(session).limits.max_message_size:
                 return replies.S552_TOO_BIG
         if params:
             return replies.S555_PARAM_UNKNOWN
         # An account sends only from its own domains, and only from domains it can sign for
         # (DESIGN §4-5); the null sender (DSNs) has no domain to check.
-        if parsed.address and session.account is not None and not self.may_send_as(session.account, parsed.domain):
+        if parsed.address and session.account is not None and not self.may_send_as(session.account, parsed.domain, session):
             return replies.S550_NOT_AUTHENTICATED_SENDER
         if not self.gateway.spool.has_space():
             return replies.S452_STORAGE
@@ -150,9 +163,15 @@ class Intake:
         return replies.S250_SENDER_OK
 
     async def rcpt(self, session: Session, arg: str) -> SmtpReply:
+        reply = await self._rcpt(session, arg)
+        match = _SES_CODE.match(reply.text) if reply.code >= 400 else None
+        self.rcpt_results[(reply.code, reply.enhanced, match.group(0) if match else "")] += 1
+        return reply
+
+    async def _rcpt(self, session: Session, arg: str) -> SmtpReply:
         transaction = session.transaction
         assert transaction is not None
-        parsed = parse_path(arg, self._address_policy(transaction.smtputf8), null_ok=False)
+        parsed = parse_path(arg, self._address_policy(session, transaction.smtputf8), null_ok=False)
         if isinstance(parsed, SmtpReply):
             return parsed
         if parsed.params:
@@ -160,7 +179,7 @@ class Intake:
             return replies.S501_SYNTAX_PARAMS if params is None else replies.S555_PARAM_UNKNOWN
         if parsed.source_route:
             log.info("source route stripped", session_id=session.id, recipient=parsed.address)
-        if len(transaction.recipients) >= self.config.limits.max_recipients:
+        if len(transaction.recipients) >= self.config_of(session).limits.max_recipients:
             return replies.S452_TOO_MANY_RCPTS
         reply = await self.gateway.dispatch.verdict("gateway_rcpt", session=session, transaction=transaction,
                                                     recipient=parsed.address)
@@ -173,16 +192,17 @@ class Intake:
         transaction.recipients.append(parsed.address)
         return replies.S250_RCPT_OK
 
-    def may_send_as(self, account_name: str, domain: str) -> bool:
-        account = self.config.accounts.get(account_name)
+    def may_send_as(self, account_name: str, domain: str, session: Session | None = None) -> bool:
+        account = (self.config_of(session) if session is not None else self.config).accounts.get(account_name)
         domain = domain.lower()
         signer = self.gateway.signer
         return bool(account is not None and account.owns(domain) and signer is not None and signer.can_sign(domain))
 
     # -- DATA ------------------------------------------------------------------------------------------
     def cleanup_policy(self, session: Session) -> CleanupPolicy:
-        limits = self.config.limits
-        return CleanupPolicy(self.config.hostname, session.listener.bare_lf, limits.text_line_length,
+        config = self.config_of(session)
+        limits = config.limits
+        return CleanupPolicy(config.hostname, session.listener.bare_lf, limits.text_line_length,
                              limits.max_header_size, limits.max_received_headers)
 
     async def data(self, session: Session, raw: bytes) -> SmtpReply:
@@ -195,7 +215,7 @@ class Intake:
         if session.account is not None:
             # The header From is what recipients see and what DKIM aligns with (RFC 7489 §3.1).
             for _, address in email.utils.getaddresses(message.get_all("from")):
-                if not self.may_send_as(session.account, address.rpartition("@")[2]):
+                if not self.may_send_as(session.account, address.rpartition("@")[2], session):
                     self._log_transaction(session, replies.S550_NOT_AUTHENTICATED_SENDER)
                     return replies.S550_NOT_AUTHENTICATED_SENDER
         if not transaction.body_8bit and not raw.isascii():

@@ -11,6 +11,7 @@ bounced message gets an RFC 3464 DSN unless its sender is ``<>``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import itertools
 import random
@@ -125,8 +126,10 @@ class Scheduler:
             delivery = await self.ready.get()
             if self.stopping:
                 return
-            if delivery.state.final or delivery.message.message_id not in self.messages:
+            if delivery.state.final or delivery.message.held or delivery.message.message_id not in self.messages:
                 continue
+            if any(d.message is delivery.message and d.index == delivery.index for d in self.inflight):
+                continue      # already being attempted (an operator retry raced the timer)
             self.inflight.add(delivery)
             try:
                 await self.attempt(delivery)
@@ -141,12 +144,51 @@ class Scheduler:
 
     def retry_now(self, message_id: str) -> bool:
         message = self.messages.get(message_id)
-        if message is None:
+        if message is None or message.held:
             return False
+        busy = {d.index for d in self.inflight if d.message is message}
         for index, state in enumerate(message.recipients):
-            if not state.final:
+            if not state.final and index not in busy:
                 self.ready.put_nowait(Delivery(message, index))
         return True
+
+    # -- operator actions (queue tools: postsuper -h/-H/-d) --------------------------------------------
+    def set_held(self, message_id: str, held: bool) -> bool:
+        """Hold: no attempts until released (durable in the spool log). Release: attempt now."""
+        message = self.messages.get(message_id)
+        if message is None:
+            return False
+        if message.held != held:
+            message.held = held
+            self.gateway.spool.record_hold(message, held)
+        if not held:
+            self.retry_now(message_id)
+        return True
+
+    async def delete(self, message_id: str, reason: str) -> list[str] | None:
+        """Drop a queued message: a ``dropped`` event per undelivered recipient, spool files removed.
+
+        A delivery already in flight finishes (its result is not recorded): deleting never
+        cancels a transaction half-way through DATA."""
+        message = self.messages.pop(message_id, None)
+        if message is None:
+            return None
+        self.data_cache.pop(message_id, None)
+        dropped = []
+        updates, events = [], []
+        for index, state in enumerate(message.recipients):
+            if state.final:
+                continue
+            delivery = Delivery(message, index)
+            updates.append(StatusUpdate(message_id, state.recipient, message.account,
+                                        {"DeliverStatus": ev.DELIVER_REJECTED, "DeliverMessage": reason[:500],
+                                         "DeliverTime": int(time.time())}))
+            events.append(dataclasses.replace(self._event("dropped", delivery), reason=reason))
+            dropped.append(state.recipient)
+        await self._record(updates, events)
+        self.gateway.spool.remove(message)
+        log.info("message deleted", message_id=message_id, recipients=len(dropped), reason=reason)
+        return dropped
 
     # -- one attempt ------------------------------------------------------------------------------------------
     def backoff(self, attempts: int) -> float:
@@ -207,6 +249,9 @@ class Scheduler:
 
     async def finish(self, delivery: Delivery, result: AttemptResult, *, expired: bool = False) -> None:
         message, state = delivery.message, delivery.state
+        if message.message_id not in self.messages and not message.done:
+            log.info("result for a deleted message ignored", message_id=message.message_id, recipient=delivery.recipient)
+            return
         now = time.time()
         if not expired:
             state.attempts += 1

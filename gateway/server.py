@@ -9,6 +9,11 @@ must exceed ``shutdown_grace`` twice over):
 4. deliveries in flight get up to ``shutdown_grace``; the rest stay queued in the spool;
 5. the ``gateway_shutdown`` hook runs, transports and the store close;
 6. whatever is still running is cancelled and logged.
+
+Under systemd (``Type=notify``, see systemd/ses-gateway.service) the process reports
+``READY=1`` once listeners accept and the spool is recovered, ``STATUS=`` with the queue
+depth, ``WATCHDOG=1`` from the event loop, ``RELOADING=1``/``READY=1`` around a SIGHUP
+reload (:mod:`gateway.reload`) and ``STOPPING=1`` when the drain starts (:mod:`gateway.sdnotify`).
 """
 from __future__ import annotations
 
@@ -17,21 +22,23 @@ import email.utils
 import signal
 import ssl
 import time
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 from aiohttp import web
 
 from gateway import plugins as plugin_registry
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, Listener
 from gateway.dispatch import Dispatcher
 from gateway.http import GATEWAY_KEY
 from gateway.intake import Intake
 from gateway.message import Message
 from gateway.plugins import PluginManager, StartupError
+from gateway.reload import Outcome
 from gateway.scheduler import Scheduler, dsn_message
+from gateway.sdnotify import Notifier
 from gateway.session import Stash
-from gateway.smtp import GatewaySMTP, protocol_factory
+from gateway.smtp import GatewaySMTP
 from gateway.spool import QueuedMessage, Spool, SpoolError
 from gateway.events import Event
 from gateway.store.base import StatusUpdate, Store, open_store
@@ -41,8 +48,10 @@ log = structlog.get_logger("gateway.server")
 
 
 class Gateway:
-    def __init__(self, config: Config, pm: PluginManager | None = None, *, load_entry_points: bool = True) -> None:
+    def __init__(self, config: Config, pm: PluginManager | None = None, *, load_entry_points: bool = True,
+                 notifier: Notifier | None = None) -> None:
         self.config = config
+        self.notifier = notifier or Notifier(None)
         self.pm = pm or plugin_registry.create(config.plugins_disabled, load_entry_points=load_entry_points)
         self.dispatch = Dispatcher(self.pm, gateway=self)
         self.stash = Stash()
@@ -59,23 +68,41 @@ class Gateway:
         self.stopping = False
         self.ready = False
         self.started = time.time()
+        # Per bound SMTP server: the Listener and TLS context new connections get (a reload
+        # swaps them; running sessions keep theirs).
+        self.listeners: list[Listener] = []
+        self.tls_contexts: list[ssl.SSLContext | None] = []
+        self.retired_transports: list[Transport] = []
+        self.connections_total = 0
+        self.reloads = {"ok": 0, "failed": 0}
+        self.last_reload_error = ""
+        self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Timing observers (name, seconds): the metrics plugin turns them into histograms.
+        self.timing_observers: list[Callable[[str, float], None]] = []
 
     # -- start-up ------------------------------------------------------------------------------------------
     async def validate(self) -> None:
+        self.signer = await self.check(self.config)
+
+    async def check(self, config: Config) -> Any:
+        """Validate ``config`` completely (accounts' plugin tables, plugin validators, DKIM
+        keys); return its DKIM signer (or None). Raises ConfigError. Used at start and reload."""
         errors: list[str] = []
         plugin_names = {name for name, _ in self.pm.list_name_plugin()}
-        for account in self.config.accounts.values():
+        for account in config.accounts.values():
             for key in account.settings:
                 if key not in plugin_names:
-                    errors.append(f"{self.config.path}: accounts.{account.name}.{key}: unknown key (no plugin named {key!r})")
-        for result in await self.dispatch.collect("gateway_validate_config", config=self.config):
+                    errors.append(f"{config.path}: accounts.{account.name}.{key}: unknown key (no plugin named {key!r})")
+        for result in await self.dispatch.collect("gateway_validate_config", config=config):
             errors.extend(result)
         if errors:
             raise ConfigError(errors[0])
-        if self.config.dkim:
+        if config.dkim:
             from gateway.signing import load_keys
 
-            self.signer = load_keys(self.config)
+            return await asyncio.to_thread(load_keys, config)
+        return None
 
     async def start(self) -> None:
         await self.validate()
@@ -93,10 +120,11 @@ class Gateway:
         await self.dispatch.notify("gateway_startup", gateway=self)
         self.scheduler.start(recovered)
         loop = asyncio.get_running_loop()
-        for listener in self.config.listeners:
-            context = _tls_context(listener.tls_cert, listener.tls_key) if listener.tls_cert else None
-            factory = protocol_factory(self.intake, listener, self.config.limits, tls_context=context,
-                                       hostname=self.config.hostname)
+        for index, listener in enumerate(self.config.listeners):
+            context = tls_context(listener.tls_cert, listener.tls_key) if listener.tls_cert else None
+            self.listeners.append(listener)
+            self.tls_contexts.append(context)
+            factory = self._protocol_factory(index)
             try:
                 server = await loop.create_server(factory, listener.host, listener.port,
                                                   ssl=context if listener.mode == "smtps" else None,
@@ -111,6 +139,94 @@ class Gateway:
         self.ready = True
         log.info("gateway started", listeners=[f"{h}:{p}" for h, p in self.bound], queued=self.scheduler.depth,
                  http=f"{self.http_bound[0]}:{self.http_bound[1]}" if self.http_bound else None)
+
+    def _protocol_factory(self, index: int) -> Callable[[], GatewaySMTP]:
+        # Read at accept time, not bind time: a reload changes what new sessions get.
+        def factory() -> GatewaySMTP:
+            self.connections_total += 1
+            listener = self.listeners[index]
+            return GatewaySMTP(self.intake, listener, self.config.limits, tls_context=self.tls_contexts[index],
+                               implicit_tls=listener.mode == "smtps", hostname=self.config.hostname)
+
+        return factory
+
+    def status_text(self) -> str:
+        text = f"{self.scheduler.depth} queued, {len(self.intake.sessions)} sessions"
+        if self.last_reload_error:
+            text += f"; last reload FAILED (running previous config): {self.last_reload_error}"
+        return text[:400]
+
+    # -- reload (SIGHUP) -------------------------------------------------------------------------------
+    def apply_listeners(self, contexts: dict[int, ssl.SSLContext]) -> None:
+        """Swap in the new config's listener settings for sockets bound at the same address."""
+        for index, old in enumerate(self.listeners):
+            new = self.config.listeners[index] if index < len(self.config.listeners) else None
+            if new is None or new.address != old.address:
+                continue                      # needs a restart (logged by gateway.reload)
+            live = self.tls_contexts[index]
+            if new.tls_cert and live is not None:
+                # smtps contexts are held by the listening socket: load the new chain into it.
+                live.load_cert_chain(new.tls_cert, new.tls_key)
+            elif new.mode != "smtps":
+                self.tls_contexts[index] = contexts.get(index)
+            self.listeners[index] = new
+
+    def replace_transport(self) -> None:
+        from gateway.transports.smtp import SmtpTransport
+
+        old = self.transports.get("smtp")
+        self.transports["smtp"] = SmtpTransport(self.config.delivery, self.config.hostname)
+        if old is not None:
+            self.retired_transports.append(old)   # deliveries in flight finish on it
+
+    def request_reload(self) -> None:
+        """SIGHUP handler: run a reload task (reloads never overlap)."""
+        if not self.ready or self.stopping:
+            log.warning("reload ignored", reason="stopping" if self.stopping else "still starting")
+            return
+        task = asyncio.create_task(self.reload(), name="reload")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reload(self) -> Outcome:
+        from gateway import reload as reloader
+
+        async with self._reload_lock:
+            self.notifier.reloading()
+            outcome = await reloader.reload(self)
+            if outcome.ok:
+                self.reloads["ok"] += 1
+                self.last_reload_error = ""
+            else:
+                self.reloads["failed"] += 1
+                self.last_reload_error = outcome.error
+            self.notifier.ready(self.status_text())
+            return outcome
+
+    async def supervise(self) -> None:
+        """Event-loop task: WATCHDOG=1 at half of WATCHDOG_USEC, STATUS= when it changes.
+
+        Pinging from the loop itself means a loop blocked by a bug or a CPU-bound call
+        misses the ping and systemd restarts the service (reliability.md §9, event-loop stall).
+        """
+        interval = self.notifier.watchdog_interval
+        tick = min(interval, 5.0) if interval else 5.0
+        last_status = ""
+        next_ping = 0.0
+        while not self.stopping:
+            now = time.monotonic()
+            if interval and now >= next_ping:
+                self.notifier.watchdog()
+                next_ping = now + interval
+            status = self.status_text()
+            if status != last_status:
+                self.notifier.status(status)
+                last_status = status
+            await asyncio.sleep(tick)
+
+    def observe(self, name: str, seconds: float) -> None:
+        for observer in self.timing_observers:
+            observer(name, seconds)
 
     async def _start_http(self) -> None:
         assert self.config.http is not None
@@ -134,15 +250,29 @@ class Gateway:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        checks = {"listeners": self.ready and not self.stopping, "store": await self.store.ping(),
-                  "spool": self.spool.has_space()}
-        return web.json_response({"ready": all(checks.values()), "checks": checks}, status=200 if all(checks.values()) else 503)
+        started = time.perf_counter()
+        store_ok = await self.store.ping()
+        self.observe("store_ping", time.perf_counter() - started)
+        checks = {"listeners": self.ready and not self.stopping and all(s.is_serving() for s in self.servers),
+                  "store": store_ok, "spool": self.spool.has_space() and await asyncio.to_thread(self._spool_writable)}
+        body: dict[str, Any] = {"ready": all(checks.values()), "checks": checks, "queued": self.scheduler.depth,
+                                "sessions": len(self.intake.sessions), "uptime": round(time.time() - self.started, 1)}
+        if self.last_reload_error:
+            body["last_reload_error"] = self.last_reload_error
+        return web.json_response(body, status=200 if body["ready"] else 503)
+
+    def _spool_writable(self) -> bool:
+        import os
+
+        return os.access(self.spool.tmp_dir, os.W_OK) and os.access(self.spool.queue_dir, os.W_OK)
 
     # -- state ------------------------------------------------------------------------------------------------
     async def record(self, updates: list[StatusUpdate], events: list[Event]) -> None:
         """Apply status-record updates and append events to the outbox in one store step, then
         tell ``gateway_event`` plugins. Every status change and event goes through here."""
+        started = time.perf_counter()
         await self.store.record(updates, events)
+        self.observe("store_record", time.perf_counter() - started)
         for event in events:
             await self.dispatch.notify("gateway_event", event=event)
 
@@ -156,7 +286,9 @@ class Gateway:
         domain = address.rpartition("@")[2].lower()
         if not domain or not self.signer.can_sign(domain):
             return data
+        started = time.perf_counter()
         signed: bytes = await asyncio.to_thread(self.signer.sign, data, domain)
+        self.observe("dkim_sign", time.perf_counter() - started)
         return signed
 
     def dsn_wanted(self, sender: str) -> bool:
@@ -189,7 +321,11 @@ class Gateway:
             return
         self.stopping = True
         grace = self.config.shutdown_grace
+        self.notifier.stopping(f"draining: {self.status_text()}")
         log.info("gateway stopping", sessions=len(self.intake.sessions), queued=self.scheduler.depth)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for server in self.servers:                                  # 1
             server.close()
         for session in list(self.intake.sessions):                   # 2
@@ -201,7 +337,7 @@ class Gateway:
             session.close_connection()
         await self.scheduler.stop(grace)                              # 4
         await self.dispatch.notify("gateway_shutdown", gateway=self)  # 5
-        for transport in self.transports.values():
+        for transport in [*self.transports.values(), *self.retired_transports]:
             await transport.close()
         if self.http_runner is not None:
             await self.http_runner.cleanup()
@@ -212,7 +348,7 @@ class Gateway:
         log.info("gateway stopped")
 
 
-def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext:
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -223,17 +359,28 @@ def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext:
 
 
 async def serve(config: Config) -> int:
-    """Run until SIGTERM/SIGINT; returns the exit status."""
-    gateway = Gateway(config)
+    """Run until SIGTERM/SIGINT (reload on SIGHUP); returns the exit status."""
+    notifier = Notifier.from_env()
+    gateway = Gateway(config, notifier=notifier)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # Installed before start-up so an early SIGHUP is logged and ignored, not fatal.
+    loop.add_signal_handler(signal.SIGHUP, gateway.request_reload)
     try:
-        await gateway.start()
-    except BaseException:
+        try:
+            await gateway.start()
+        except BaseException:
+            await gateway.stop()
+            raise
+        # Listeners accept and the spool is recovered: now systemd may start dependants.
+        notifier.ready(gateway.status_text())
+        supervisor = asyncio.create_task(gateway.supervise(), name="supervisor")
+        await stop.wait()
         await gateway.stop()
-        raise
-    await stop.wait()
-    await gateway.stop()
+        supervisor.cancel()
+        await asyncio.gather(supervisor, return_exceptions=True)
+    finally:
+        notifier.close()
     return 0
