@@ -36,9 +36,26 @@ class Policy:
     allow_quoted_local_parts: bool
 
 
+# The common case, ``<dot.atom@ldh.domain> [params]`` in ASCII, skips the (slow) RFC 5322
+# parser; anything else — quotes, routes, comments, non-ASCII — takes the full path below.
+_SIMPLE = re.compile(r"<([A-Za-z0-9#$&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9#$&'*+/=?^_`{|}~-]+)*)@"
+                     r"((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)>"
+                     r"(?:[ \t]+(.*))?")
+
+
 def parse_path(arg: str, policy: Policy, *, null_ok: bool) -> Parsed | SmtpReply:
     """Parse ``<addr> params`` (the text after ``FROM:``/``TO:``)."""
     arg = arg.strip()
+    simple = _SIMPLE.fullmatch(arg)
+    if simple is not None:
+        local, domain, params = simple.group(1), simple.group(2).lower(), simple.group(3) or ""
+        address = f"{local}@{domain}"
+        if len(address) > 254:
+            return replies.S501_PATH_TOO_LONG
+        if len(local) > 64 or len(domain) > 253 or any(label.startswith("xn--") for label in domain.split(".")):
+            pass            # length and A-label checks: the full path gives the precise reply
+        else:
+            return Parsed(address, local, domain, params.strip(), False)
     if any(ord(c) < 32 or ord(c) == 127 for c in arg):
         return replies.S501_BAD_ADDRESS_CHARS
     if not arg.startswith("<"):

@@ -53,7 +53,12 @@ class PluginManager(pluggy.PluginManager):
         opts: Any = super().parse_hookimpl_opts(plugin, name)
         if opts is None:
             method = getattr(plugin, name, None)
-            if inspect.isroutine(method):
+            # An unmarked gateway_* function is an impl (as pytest does with pytest_*), but
+            # only where it is defined: a module that imports a helper such as
+            # gateway.http.gateway_of must not turn it into a hook impl.
+            defined_here = getattr(method, "__module__", None) == getattr(plugin, "__name__", None) \
+                or not inspect.ismodule(plugin)
+            if inspect.isroutine(method) and defined_here:
                 opts = {}
         if opts is not None and (opts.get("wrapper") or opts.get("hookwrapper")):
             raise StartupError(f"{name} in {getattr(plugin, '__name__', plugin)!r}: wrapper impls are not supported")
@@ -97,15 +102,12 @@ def create(disabled: Iterable[str] = (), *, load_entry_points: bool = True, extr
 
 
 def describe(pm: PluginManager) -> list[tuple[str, str, list[str]]]:
-    """(name, version, hooks in call order) per plugin, for ``ses-gateway plugins``."""
+    """(name, version, hooks it implements) per plugin, for ``ses-gateway plugins``."""
     rows = []
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
-        hooks = [impl_hook for impl_hook in sorted(dir(plugin)) if impl_hook.startswith("gateway_")
-                 and any(i.plugin is plugin for i in getattr(pm.hook, impl_hook).get_hookimpls())]
-        dist = pm.get_plugins()
-        del dist
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
         module = inspect.getmodule(plugin)
         version = getattr(module, "__version__", None) or getattr(plugin, "__version__", None) or "builtin"
         rows.append((name, str(version), hooks))

@@ -55,22 +55,39 @@ class GatewaySMTP(AioSMTP):
         self.gw: Session | None = None
         self.in_data = False
         self.closing = False
-        super().__init__(
-            None,
-            data_size_limit=limits.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            hostname=hostname,
-            ident="ESMTP",
-            # STARTTLS is offered on plain listeners that have a certificate; smtps is
-            # TLS from the first byte (the server wraps the socket).
-            tls_context=None if implicit_tls else tls_context,
-            require_starttls=listener.mode == "submission",
-            timeout=limits.idle_timeout,
-            # aiosmtpd #281: with implicit TLS `_tls_protocol` is never set, so its TLS check
-            # would refuse AUTH forever; our own check below knows the listener's mode.
-            auth_require_tls=False,
-        )
+        # aiosmtpd's own __init__ runs inspect.getmembers() over the protocol on every
+        # connection to build tables (AUTH mechanisms, handler hooks, commands) that this
+        # subclass does not use — measured at 13% of the event loop's time under load. We
+        # set exactly the state its remaining methods (connection_made/lost, STARTTLS
+        # plumbing, push, timeouts) read.
+        self.loop = asyncio.get_running_loop()
+        asyncio.StreamReaderProtocol.__init__(
+            self, asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected, loop=self.loop)
+        self.event_handler = None
+        self.data_size_limit = limits.max_message_size
+        self.enable_SMTPUTF8 = True
+        self._decode_data = False
+        self.hostname = hostname
+        # STARTTLS is offered on plain listeners that have a certificate; smtps is TLS from
+        # the first byte (the server wraps the socket), and AUTH is allowed there: aiosmtpd
+        # #281 would otherwise refuse it because `_tls_protocol` is never set.
+        self.tls_context = None if implicit_tls else tls_context
+        self.require_starttls = self.tls_context is not None and listener.mode == "submission"
+        self._timeout_duration = limits.idle_timeout
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._auth_require_tls = False
+        self._auth_required = False
+        self._proxy_timeout = None
+        self._handle_hooks = {}
+        self._enforce_call_limit = False
 
     # -- connection ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
