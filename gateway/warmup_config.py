@@ -96,7 +96,7 @@ def parse(config: Config) -> tuple[Settings | None, list[str]]:
     """The settings (``None`` without ``[plugins.warmup]``) and one-line errors."""
     table: Mapping[str, Any] = config.plugin_config(PLUGIN)
     accounts = _account_pools(config)
-    if not table and not accounts[0]:
+    if PLUGIN not in config.plugin_settings and not accounts[0]:
         return None, accounts[1]
     errors = _Errors(config.path)
     errors.extend(accounts[1])
