@@ -282,3 +282,18 @@ async def test_metrics_families(tmp_path):
         assert {"sesgw_warmup_sent_today", "sesgw_warmup_daily_cap", "sesgw_warmup_day"} <= names
         caps = next(f for f in families if f.name == "sesgw_warmup_daily_cap")
         assert [(s.labels["ip"], s.value) for s in caps.samples] == [("127.0.0.2", 500)]
+
+
+def test_example_block_in_shipped_config_validates(tmp_path):
+    """The commented [plugins.warmup] example of config/gateway.toml, uncommented, is a valid setup."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "config" / "gateway.toml").read_text()
+    block = text[text.index("# [plugins.warmup]\n"):text.index("# Per account: [accounts.app.warmup]")]
+    lines = [line[2:] if line.startswith("# ") else line[1:] for line in block.splitlines()]
+    warmup = "\n".join(lines[1:]).replace("check_local = true", "check_local = false")
+    _, settings, errors = settings_for(tmp_path, warmup)
+    assert errors == [] and settings is not None
+    pool = settings.pools["default"]
+    assert [ip.ip for ip in pool.ips] == ["203.0.113.10", "2001:db8::10", "203.0.113.11"]
+    assert settings.share("gmail") == 0.4 and settings.share("microsoft") == 0.5
