@@ -25,6 +25,20 @@ def docs_verify() -> Callable[..., bool]:
     return namespace["verify"]  # type: ignore[no-any-return]
 
 
+def tencent_sample_handler(raw: bytes) -> dict[str, Any]:
+    """A receiver written for Tencent's documented callback sample (doc 1084/39492): plain
+    key reads of the fields the sample shows, ``bulkid`` spelled either way."""
+    data = json.loads(raw)
+    record = {"event": data["event"], "email": data["email"], "bulkId": data.get("bulkId") or data.get("bulkid"),
+              "timestamp": int(data["timestamp"]), "reason": data["reason"], "bounceType": data["bounceType"],
+              "username": data["username"], "from": data["from"], "fromDomain": data["fromDomain"],
+              "templateId": int(data["templateId"]), "subject": data["subject"], "messageId": data["messageId"],
+              "eventid": int(data["eventid"]), "custom": data["X-Tencentcloudses-Cb-Custom"]}
+    assert record["event"] in ("deferred", "delivered", "dropped", "open", "click", "bounce", "spamreport",
+                               "unsubscribe", "processed")
+    return record
+
+
 @dataclass
 class Hit:
     headers: dict[str, str]

@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 import pytest
-from callbacks_receiver import Receiver, docs_verify
+from callbacks_receiver import Receiver, docs_verify, tencent_sample_handler
 
 from gateway.config import parse
 from gateway.events import Event
@@ -56,19 +56,7 @@ def test_click_and_open_fields_and_encoded_subject() -> None:
 
 
 def test_tencent_sample_style_receiver_parses_payload() -> None:
-    # Written like a receiver for Tencent's documented sample (doc 1084/39492): plain key reads.
-    def tencent_handler(raw: bytes) -> dict[str, object]:
-        data = json.loads(raw)
-        record = {"event": data["event"], "email": data["email"], "bulkId": data.get("bulkId") or data.get("bulkid"),
-                  "timestamp": int(data["timestamp"]), "reason": data["reason"], "bounceType": data["bounceType"],
-                  "username": data["username"], "from": data["from"], "fromDomain": data["fromDomain"],
-                  "templateId": int(data["templateId"]), "subject": data["subject"], "messageId": data["messageId"],
-                  "eventid": int(data["eventid"]), "custom": data["X-Tencentcloudses-Cb-Custom"]}
-        assert record["event"] in ("deferred", "delivered", "dropped", "open", "click", "bounce", "spamreport",
-                                   "unsubscribe", "processed")
-        return record
-
-    record = tencent_handler(json.dumps(payload(event())).encode())
+    record = tencent_sample_handler(json.dumps(payload(event())).encode())
     assert record["bulkId"] == "sesgw-1" and record["eventid"] == 3 and record["custom"] == "order-42"
 
 
