@@ -61,6 +61,12 @@ async def test_events_arrive_once_each_signed_in_order(tmp_path, sink) -> None:
         assert len(by_message) == 3
         assert all(events == [("processed", 0), ("delivered", 1)] for events in by_message.values())
         assert len(await events_api(gw, "sent")) == 6 and await events_api(gw, "pending") == []
+        assert gw.gateway is not None
+        families = {f.name: f for fams in await gw.gateway.dispatch.collect("gateway_metrics") if fams for f in fams}
+        assert families["sesgw_callbacks_sent"].samples[0].value == 6
+        assert {s.labels["state"]: s.value for s in families["sesgw_callbacks_outbox"].samples}["pending"] == 0
+        latency = {s.name: s.value for s in families["sesgw_callbacks_post_seconds"].samples if not s.labels.get("le")}
+        assert latency["sesgw_callbacks_post_seconds_count"] == 6
 
 
 async def test_fails_three_times_then_delivered_on_the_fourth(tmp_path, sink) -> None:

@@ -201,3 +201,25 @@ def test_retry_after_seconds_and_http_date() -> None:
     date = email.utils.formatdate(now + 120, usegmt=True)
     assert abs(retry_after(date, now) - (now + 120)) < 2
     assert retry_after("garbage", now) is None and retry_after(None, now) is None
+
+
+def test_shipped_config_example_is_valid(tmp_path, monkeypatch) -> None:
+    """The commented callbacks blocks of config/gateway.toml, uncommented, are a valid setup
+    whose values are the defaults."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "config" / "gateway.toml").read_text()
+    block = text[text.index("# [plugins.callbacks]"):]
+    plugin, account = block.split("# Per account, next to", 1)
+    uncomment = lambda part: "\n".join(re.sub(r"^# ?", "", line) for line in part.splitlines())  # noqa: E731
+    monkeypatch.setenv("APP_WEBHOOK_SECRET", generate_secret())
+    monkeypatch.setenv("APP_WEBHOOK_SECRET_OLD", generate_secret())
+    account_lines = uncomment(account.split("\n", 1)[1]).replace("[accounts.app.callbacks]", "")
+    cfg = parse(make_config(tmp_path, 2525, extra=uncomment(plugin),
+                            accounts='callback_url = "https://app.example.com/ses-events"\n[accounts.app.callbacks]\n'
+                                     + account_lines), path="t.toml", env={})
+    settings, errors = load(cfg)
+    assert errors == [] and settings.options == Options()
+    assert len(settings.accounts["app"].keys) == 2
+    assert settings.target(event(sender="noreply@example.com")).url == "https://noreply.example.com/ses-events"
