@@ -182,6 +182,11 @@ ips = [{{ ip = "127.0.0.2", start = {clock.date} }}]
                     body = await response.json()
                 async with http.get(f"{gw.http_url}/v1/warmup") as response:
                     assert response.status == 401
+                async with http.get(f"{gw.http_url}/metrics") as response:
+                    metrics = await response.text()
+            assert 'sesgw_warmup_sent_today{ip="127.0.0.2",pool="default"} 4.0' in metrics
+            assert 'sesgw_warmup_daily_cap{ip="127.0.0.2",pool="default"} 4.0' in metrics
+            assert 'sesgw_warmup_provider_sent_today{ip="127.0.0.2",provider="gmail"} 2.0' in metrics
             row = body["ips"][0]
             assert row["ip"] == "127.0.0.2" and row["day"] == 1 and row["daily_cap"] == 4 and row["sent_today"] == 4
             assert row["providers"]["gmail"]["sent"] == 2 and row["providers"]["gmail"]["cap"] == 2
