@@ -11,6 +11,7 @@ import time
 
 import aiohttp
 import aiosmtplib
+import pytest
 
 from gateway import hookimpl
 from gateway.testing import DnsServer, GatewayHarness, SinkServer, make_config
@@ -260,3 +261,32 @@ ips = [{ ip = "192.0.2.77", start = 2026-11-20 }]
     result = subprocess.run([sys.executable, "-m", "gateway", "check-config", "-c", str(path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+async def test_ipv6_source_only_for_ipv6_mx(tmp_path):
+    """An IPv6 egress IP is never bound for an MX that has only IPv4 addresses."""
+    if not _ipv6_loopback():
+        pytest.skip("no IPv6 loopback")
+    clock = Clock()
+    warmup = f'''
+[plugins.warmup.pools.default]
+ips = [{{ ip = "::1", start = {clock.date} }}, {{ ip = "127.0.0.2", start = {clock.date} }}]
+'''
+    async with SinkServer() as sink, DnsServer(ZONE) as dns:
+        async with GatewayHarness(config(tmp_path, sink.port, dns.port, warmup)) as gw:
+            gw.gateway.stash[CLOCK] = clock
+            for i in range(8):
+                await send(gw, f"v{i}@plain.test")
+            await sink.wait_for(8)
+            assert set(peers(sink)) == {"127.0.0.2"}
