@@ -165,8 +165,12 @@ class Gateway:
                 continue                      # needs a restart (logged by gateway.reload)
             live = self.tls_contexts[index]
             if new.tls_cert and live is not None:
-                # smtps contexts are held by the listening socket: load the new chain into it.
-                live.load_cert_chain(new.tls_cert, new.tls_key)
+                # smtps contexts are held by the listening socket: load the new chain into it
+                # (validated a moment ago in a fresh context; a file swapped since keeps the old one).
+                try:
+                    live.load_cert_chain(new.tls_cert, new.tls_key)
+                except (OSError, ssl.SSLError) as exc:
+                    log.error("reload: certificate not replaced", listener=new.address, error=str(exc))
             elif new.mode != "smtps":
                 self.tls_contexts[index] = contexts.get(index)
             self.listeners[index] = new
