@@ -35,6 +35,7 @@ from gateway.message import CRLF, Message
 
 _HTML_TAG = re.compile(r"<\s*/?\s*[A-Za-z!][^>]*>")
 _PLACEHOLDER = re.compile(r"\{\{.*?\}\}", re.S)
+_SIMPLE_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _IMG = re.compile(r"<\s*img\b", re.I)
 _URL = re.compile(r"\b(?:https?://|www\.)\S+", re.I)
 MIME_FIELDS = ("content-type", "content-transfer-encoding", "mime-version", "content-disposition", "content-id",
@@ -156,12 +157,16 @@ def parse_data(raw: str | None) -> dict[str, str]:
 
 def render(template: Template, data: dict[str, str], subject: str | None) -> Rendered:
     """Render every part; ``subject`` (the message's) is used when the template has none."""
-    sources = {"subject": template.subject if template.subject is not None else subject,
-               "text": template.text, "html": template.html}
+    # The operator's template parts go through the sandbox; a subject from the submitted
+    # message only gets {{var}} substitution (no loops or filters from the client: no CPU bombs).
+    sources = {"subject": template.subject, "text": template.text, "html": template.html}
+    client_subject = subject if template.subject is None else None
     needed: set[str] = set()
     for source in sources.values():
         if source is not None:
             needed |= variables(source)
+    if client_subject is not None:
+        needed |= {m.group(1) for m in _SIMPLE_VAR.finditer(client_subject)}
     missing = sorted(needed - set(data))
     if missing:
         raise TemplateError("InvalidParameterValue.TemplateDataError",
@@ -177,6 +182,8 @@ def render(template: Template, data: dict[str, str], subject: str | None) -> Ren
         except jinja2.TemplateError as exc:         # sandbox violations, undefined attributes
             raise TemplateError("InvalidParameterValue.TemplateDataError",
                                 f"template {template.id}: {part} cannot be rendered: {exc}") from None
+    if client_subject is not None:
+        out["subject"] = _SIMPLE_VAR.sub(lambda m: data[m.group(1)], client_subject)
     if out["subject"] is not None:
         out["subject"] = " ".join(out["subject"].split())   # a subject is one line
     return Rendered(out["subject"], out["text"], out["html"])

@@ -132,3 +132,8 @@ async def test_template_errors_over_smtp(tmp_path, sink, templates, headers, cod
     async with GatewayHarness(policy_config(tmp_path, sink.port, f'template_dir = "{templates}"')) as gw:
         _, _, reply = await transaction(gw, ["to@example.net"], body(headers=headers))
     assert (reply.code, reply.enhanced) == (554, "5.6.0") and code in reply.text
+
+
+def test_a_client_subject_only_gets_variable_substitution(templates):
+    out = render(load(str(templates), 1002), {"order": "A-7"}, "{% for i in range(9) %}x{% endfor %} {{ order }}")
+    assert out.subject == "{% for i in range(9) %}x{% endfor %} A-7"
