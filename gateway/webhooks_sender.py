@@ -109,6 +109,10 @@ class Sender:
         self.task: asyncio.Task[None] | None = None
         self.stopping = False
         self._settings: tuple[Any, Settings] | None = None
+        # (MessageId, recipient) → (seq, next attempt) of an event waiting for a retry: later
+        # events of that recipient wait behind it, so they arrive in order (memory only: after
+        # a restart order is best effort, events carry their timestamp).
+        self.blocked: dict[tuple[str, str], tuple[int, float]] = {}
 
     def settings(self) -> Settings:
         config = self.config_of()
@@ -175,8 +179,11 @@ class Sender:
             for item in items:
                 after = item.seq
                 target = settings.target(item.event)
+                block = self.blocked.get((item.event.message_id, item.event.email))
                 if target is None:
                     recorded.append(item)
+                elif block is not None and block[0] < item.seq and block[1] + 60 > now:
+                    continue
                 elif (target.url, target.account) not in busy:
                     groups.setdefault((target.url, target.account), (target, []))[1].append(item)
             scanned += len(items)
@@ -223,8 +230,15 @@ class Sender:
             await self._failed(target, rest, outcome, options, tried=len(chunk))
             return
 
+    def _unblock(self, item: OutboxItem) -> None:
+        key = (item.event.message_id, item.event.email)
+        if self.blocked.get(key, (0, 0.0))[0] == item.seq:
+            del self.blocked[key]
+
     async def _finish(self, items: list[OutboxItem], state: str, error: str) -> None:
         store = self.store_of()
+        for item in items:
+            self._unblock(item)
         await asyncio.gather(*(store.outbox_update(i.seq, state=state, attempts=i.attempts + (state == "sent"),
                                                    next_attempt=0, last_error=error) for i in items))
 
@@ -245,11 +259,15 @@ class Sender:
         for position, item in enumerate(items):
             attempts = item.attempts + 1
             error = outcome.error if position < tried else f"not attempted: an earlier post to this URL failed: {outcome.error}"
+            key = (item.event.message_id, item.event.email)
             if options.exhausted(attempts):
+                self._unblock(item)
                 self.stats.failed += 1
                 updates.append(store.outbox_update(item.seq, state="failed", attempts=attempts, next_attempt=0,
                                                    last_error=error))
             else:
+                if key not in self.blocked or self.blocked[key][0] >= item.seq:
+                    self.blocked[key] = (item.seq, next_attempt)
                 self.stats.retried += 1
                 updates.append(store.outbox_update(item.seq, state="pending", attempts=attempts,
                                                    next_attempt=next_attempt, last_error=error))

@@ -15,7 +15,7 @@ from callbacks_receiver import Answer, Receiver, tencent_sample_handler
 from conftest import MESSAGE
 
 from gateway.config import ConfigError, parse
-from gateway.testing import GatewayHarness, make_config
+from gateway.testing import GatewayHarness, SinkServer, make_config
 from gateway.webhooks_signing import generate_secret
 
 SECRET = generate_secret()
@@ -82,8 +82,9 @@ async def test_fails_three_times_then_delivered_on_the_fourth(tmp_path, sink) ->
         assert all(hit.verified for hit in receiver.hits)
         gaps = [b.at - a.at for a, b in zip(receiver.hits, receiver.hits[1:4])]
         assert gaps[0] >= 0.04 and gaps[1] >= 0.09              # 50 ms, then 100 ms
-        sent = await events_api(gw, "sent")
-        assert [row["Attempts"] for row in sent] == [4, 4]
+        sent = {row["Event"]: row for row in await events_api(gw, "sent")}
+        assert sent["processed"]["Attempts"] == 4 and set(sent) == {"processed", "delivered"}
+        assert sent["processed"]["LastError"] == ""
 
 
 async def test_410_disables_the_url_until_enabled(tmp_path, sink) -> None:
@@ -190,3 +191,14 @@ async def test_no_url_means_recorded_and_cli_replays_failed(tmp_path, sink) -> N
         async with asyncio.timeout(5):
             while len(await events_api(gw, "recorded")) < 2:
                 await asyncio.sleep(0.05)
+
+
+async def test_later_event_waits_for_earlier_retry_of_same_recipient(tmp_path) -> None:
+    # processed fails (retry in 1 s); delivered is recorded meanwhile and is due at once,
+    # but must not overtake processed for the same message and recipient.
+    async with SinkServer(delay=0.2) as slow_sink, Receiver(SECRET) as receiver:
+        async with GatewayHarness(config_text(tmp_path, slow_sink.port, receiver.url)) as gw:
+            receiver.answers = [Answer(503, {"Retry-After": "1"})]
+            await send(gw)
+            await receiver.wait_for(lambda: len(receiver.hits) >= 3)
+            assert [hit.json["event"] for hit in receiver.hits] == ["processed", "processed", "delivered"]
