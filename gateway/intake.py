@@ -122,8 +122,15 @@ class Intake:
         return Policy(smtputf8, limits.allow_address_literals, limits.allow_quoted_local_parts)
 
     async def mail(self, session: Session, arg: str) -> SmtpReply:
+        # Refusals of the sender are answered here, at MAIL — unless the gateway receives mail
+        # for local domains (the one-click unsubscribe mailto address, RFC 8058), which must
+        # work without AUTH: then the refusal is kept and given to every RCPT outside them.
+        local_domains = self.gateway.local_domains
+        refusal: SmtpReply | None = None
         if session.account is None and (session.listener.require_auth or not session.allowlisted):
-            return replies.S530_AUTH_REQUIRED
+            refusal = replies.S530_AUTH_REQUIRED
+            if not local_domains:
+                return refusal
         parsed = parse_path(arg, self._address_policy(session, True), null_ok=True)
         if isinstance(parsed, SmtpReply):
             return parsed
@@ -149,12 +156,15 @@ class Intake:
         # An account sends only from its own domains, and only from domains it can sign for
         # (DESIGN §4-5); the null sender (DSNs) has no domain to check.
         if parsed.address and session.account is not None and not self.may_send_as(session.account, parsed.domain, session):
-            return replies.S550_NOT_AUTHENTICATED_SENDER
+            if not local_domains:
+                return replies.S550_NOT_AUTHENTICATED_SENDER
+            refusal = refusal or replies.S550_NOT_AUTHENTICATED_SENDER
         if not self.gateway.spool.has_space():
             return replies.S452_STORAGE
         transaction = session.begin(parsed.address)
         transaction.smtputf8 = bool(smtputf8)
         transaction.body_8bit = body == "8BITMIME"
+        transaction.refusal = refusal
         reply = await self.gateway.dispatch.verdict("gateway_mail", session=session, transaction=transaction,
                                                     sender=parsed.address)
         if reply.verdict not in (Verdict.CONT, Verdict.OK):
@@ -177,6 +187,8 @@ class Intake:
         if parsed.params:
             params = _esmtp_params(parsed.params)
             return replies.S501_SYNTAX_PARAMS if params is None else replies.S555_PARAM_UNKNOWN
+        if transaction.refusal is not None and parsed.domain not in self.gateway.local_domains:
+            return transaction.refusal
         if parsed.source_route:
             log.info("source route stripped", session_id=session.id, recipient=parsed.address)
         if len(transaction.recipients) >= self.config_of(session).limits.max_recipients:
@@ -212,7 +224,8 @@ class Intake:
         if isinstance(message, SmtpReply):
             self._log_transaction(session, message)
             return message
-        if session.account is not None:
+        if session.account is not None and transaction.refusal is None:
+            # (With a kept refusal every accepted recipient is local: no From to authorise.)
             # The header From is what recipients see and what DKIM aligns with (RFC 7489 §3.1).
             for _, address in email.utils.getaddresses(message.get_all("from")):
                 if not self.may_send_as(session.account, address.rpartition("@")[2], session):

@@ -59,7 +59,7 @@ S451_LOCAL_ERROR = SmtpReply(451, "4.3.0", "Internal error, try again later")
 S451_QUEUE_WRITE = SmtpReply(451, "4.3.0", "Queue file write error, try again later")
 S451_DENYSOFT = SmtpReply(451, "4.7.1", "Temporarily refused, try again later")
 S452_STORAGE = SmtpReply(452, "4.3.1", "Insufficient system storage")
-S452_TOO_MANY_RCPTS = SmtpReply(452, "4.5.3", "Too many recipients")
+S452_TOO_MANY_RCPTS = SmtpReply(452, "4.5.3", "FailedOperation.TooManyRecipients: too many recipients")
 S454_AUTH_LOCKED = SmtpReply(454, "4.7.0", "Temporary authentication failure, try again later")
 S454_TLS_UNAVAILABLE = SmtpReply(454, "4.7.0", "TLS not available")
 

@@ -261,6 +261,9 @@ class Scheduler:
             status, expired = "bounced", True
         state.last_error = result.describe()
         fields: dict[str, Any] = {"DeliverMessage": state.last_error[:500]}
+        source = result.source_address or delivery.source_address
+        if source:
+            fields["SourceAddress"] = source          # the egress IP (warm-up pools), per attempt
         if status == "delivered":
             state.status, state.next_attempt = "delivered", 0.0
             fields.update(DeliverStatus=ev.DELIVER_DELIVERED, DeliverTime=int(now), SendStatus=0)

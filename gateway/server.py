@@ -66,6 +66,9 @@ class Gateway:
         self.bound: list[tuple[str, int]] = []
         self.http_bound: tuple[str, int] | None = None
         self.stopping = False
+        # Domains the gateway itself receives mail for (the unsubscribe mailto address at
+        # its hostname): mail to them needs no AUTH and no sender-domain authorisation.
+        self.local_domains: set[str] = set()
         self.ready = False
         self.started = time.time()
         # Per bound SMTP server: the Listener and TLS context new connections get (a reload

@@ -66,6 +66,9 @@ class Transaction:
     body_8bit: bool = False
     recipients: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)   # travels with the message (spooled JSON)
+    # A MAIL refusal (530 no AUTH, 550 sender not authorised) kept for RCPT when the gateway
+    # has local domains: only recipients there are then accepted (see Intake.mail).
+    refusal: Any = None
     stash: Stash = field(default_factory=Stash)
 
 

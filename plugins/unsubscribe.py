@@ -74,6 +74,9 @@ def gateway_validate_config(config: "Config") -> list[str] | None:
 def gateway_startup(gateway: "Gateway") -> None:
     settings = current(gateway)
     gateway.transports[TRANSPORT] = MailtoTransport(gateway)
+    if settings is not None and settings.mailto:
+        # unsubscribe+ID@<hostname> is mail *to* the gateway: any listener, no AUTH (RFC 8058).
+        gateway.local_domains.add(gateway.config.hostname.lower())
     if settings is None:
         log.info("unsubscribe plugin inactive (no [plugins.unsubscribe] secret)")
     elif not settings.public_url.startswith("https://"):

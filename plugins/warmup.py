@@ -41,7 +41,6 @@ from gateway import hookimpl
 from gateway.delivery import Hold
 from gateway.http import admin, gateway_of, operation
 from gateway.session import StashKey
-from gateway.store.base import StatusUpdate
 from gateway.transports.mx import MxError
 from gateway.warmup_budget import Budgets, Reservation, clock_of
 from gateway.warmup_config import EgressIp, Pool, Settings, local_errors, parse
@@ -214,8 +213,7 @@ async def gateway_delivery_result(gateway: "Gateway", delivery: "Delivery", resu
     if result.source_address != reservation.ip:
         await budgets.release(reservation)    # the attempt did not leave from this IP
         return
-    await gateway.record([StatusUpdate(delivery.message_id, delivery.recipient, delivery.account,
-                                       {"SourceAddress": reservation.ip})], [])
+    # (The scheduler writes SourceAddress into the status record for every attempt.)
     if not is_throttling(settings.throttle, result.code, result.enhanced, result.text):
         return
     egress = next((ip for ip in settings.ips if ip.ip == reservation.ip), None)

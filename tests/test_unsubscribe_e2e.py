@@ -286,3 +286,48 @@ async def test_per_account_override(tmp_path, sink, http_port):
     async with GatewayHarness(unsub_config(tmp_path, sink.port, http_port, accounts=accounts)) as gw:
         data = await deliver(gw, sink, html_mail())
     assert b"List-Unsubscribe" not in data and b"/o/" not in data and b"/c/" not in data
+
+
+# A listener whose client is not allowlisted: it has no account and no AUTH.
+STRANGER_LISTENER = '[[listener]]\naddress = "127.0.0.1:0"\nmode = "relay"\nnetworks = ["10.0.0.0/8"]\n'
+
+
+@pytest.mark.parametrize("listener_index", [0, 1], ids=["account-bound-listener", "no-auth-not-allowlisted"])
+async def test_mailto_unsubscribe_on_any_listener_without_auth(tmp_path, sink, http_port, listener_index):
+    """The recipient's own mail client sends from the recipient's address: not an account's
+    domain (listener 0) and not authenticated at all (listener 1). Mail to the unsubscribe
+    address is accepted anyway; every other recipient still gets the sender refusal."""
+    async with GatewayHarness(unsub_config(tmp_path, sink.port, http_port, extra=STRANGER_LISTENER)) as gw:
+        _, mailto = list_unsubscribe(await deliver(gw, sink, html_mail()))
+        host, port = gw.listener(listener_index)
+        request = f"From: {RCPT}\r\nTo: {mailto}\r\nSubject: unsubscribe\r\n\r\nunsubscribe\r\n".encode()
+        async with aiosmtplib.SMTP(hostname=host, port=port) as client:
+            errors, reply = await client.sendmail(RCPT, [mailto], request)
+            assert errors == {}
+            with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+                await client.sendmail(RCPT, ["someone@example.org"], request)
+            code = refused.value.recipients[0].code
+            assert code == (550 if listener_index == 0 else 530)
+        async with asyncio.timeout(5):
+            while not await events(gw, "unsubscribe"):
+                await asyncio.sleep(0.02)
+        assert await suppression.unsubscribed(gw.gateway.store, "example.com", RCPT)
+    assert len(sink.messages) == 1
+
+
+async def test_without_local_domains_refusals_stay_at_mail(tmp_path, sink):
+    """No mailto feature configured: 530 and NotAuthenticatedSender come at MAIL (catalogue row 39)."""
+    from rawsmtp import RawClient
+
+    from gateway.testing import make_config
+    config = make_config(tmp_path, sink.port, extra=STRANGER_LISTENER)
+    async with GatewayHarness(config) as gw:
+        assert gw.gateway.local_domains == set()
+        stranger = await RawClient.connect(*gw.listener(1))
+        await stranger.ehlo()
+        assert (await stranger.cmd(f"MAIL FROM:<{RCPT}>")).code == 530
+        await stranger.close()
+        bound = await RawClient.connect(*gw.listener(0))
+        await bound.ehlo()
+        assert (await bound.cmd(f"MAIL FROM:<{RCPT}>")).code == 550
+        await bound.close()
