@@ -310,21 +310,39 @@ class _Reader:
         return ConfigError(f"{where}: {dotted}: {message}")
 
     def secret(self, dotted: str, value: Any) -> Secret:
-        if isinstance(value, str):
-            return Secret(value)
-        if isinstance(value, Mapping) and set(value) == {"env"}:
-            name = value["env"]
-            if not isinstance(name, str) or name not in self.env:
-                raise self.error(dotted, f"environment variable {name} is not set")
-            return Secret(self.env[name], f"env {name}")
-        if isinstance(value, Mapping) and set(value) == {"file"}:
-            filename = value["file"]
-            try:
-                text = Path(str(filename)).read_text().strip()
-            except OSError as exc:
-                raise self.error(dotted, f"cannot read secret file {filename}: {exc.strerror}") from None
-            return Secret(text, f"file {filename}")
-        raise self.error(dotted, 'expected a string, { env = "VAR" } or { file = "/path" }')
+        try:
+            return secret_value(value, self.env)
+        except ValueError as exc:
+            raise self.error(dotted, str(exc)) from None
+
+
+def secret_value(value: Any, env: Mapping[str, str] | None = None) -> Secret:
+    """A secret in any of the config's shapes: ``"x"``, ``{ env = "VAR" }``, ``{ file = "/path" }``.
+    Raises ValueError with a one-line reason that never contains the secret."""
+    env = os.environ if env is None else env
+    if isinstance(value, str):
+        return Secret(value)
+    if isinstance(value, Mapping) and set(value) == {"env"}:
+        name = value["env"]
+        if not isinstance(name, str) or name not in env:
+            raise ValueError(f"environment variable {name} is not set")
+        return Secret(env[name], f"env {name}")
+    if isinstance(value, Mapping) and set(value) == {"file"}:
+        filename = value["file"]
+        try:
+            text = Path(str(filename)).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {filename}: {exc.strerror}") from None
+        return Secret(text, f"file {filename}")
+    raise ValueError('expected a string, { env = "VAR" } or { file = "/path" }')
+
+
+def parse_secret(config: "Config", dotted: str, value: Any, env: Mapping[str, str] | None = None) -> Secret:
+    """For plugins: a secret from their config table, or a one-line ConfigError naming the key."""
+    try:
+        return secret_value(value, env)
+    except ValueError as exc:
+        raise ConfigError(f"{config.path}: {dotted}: {exc}") from None
 
 
 def parse_hostport(value: object, *, default_port: int | None = None) -> tuple[str, int]:

@@ -15,9 +15,10 @@ DELIVER_DEFERRED = 8
 
 EVENT_NAMES = ("processed", "deferred", "delivered", "dropped", "bounce", "open", "click", "spamreport", "unsubscribe")
 
-# Tencent numbers its callback events (ses-semantics.md §5.3).
-EVENT_IDS = {"processed": 1, "delivered": 2, "dropped": 3, "open": 4, "click": 5, "bounce": 6,
-             "spamreport": 7, "unsubscribe": 8, "deferred": 9}
+# Tencent's callback ``eventid`` numbers (ses-semantics.md §5.2, docs 1084/39492).
+# ``processed`` has no Tencent number (newer documents drop it as intermediate): 0.
+EVENT_IDS = {"processed": 0, "delivered": 1, "dropped": 2, "bounce": 3, "open": 4, "click": 5,
+             "spamreport": 6, "unsubscribe": 7, "deferred": 8}
 
 
 @dataclass

@@ -6,11 +6,10 @@ default in ``[plugins.unsubscribe]`` that an account's table overrides key by ke
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from gateway.config import secret_value
 from gateway.session import StashKey
 from gateway.units import parse_duration
 
@@ -53,21 +52,8 @@ class Settings:
 
 
 def resolve_secret(value: Any, env: Mapping[str, str] | None = None) -> str:
-    """The same shapes as the core's secrets: ``"x"``, ``{ env = "VAR" }``, ``{ file = "/path" }``."""
-    env = os.environ if env is None else env
-    if isinstance(value, str):
-        secret = value
-    elif isinstance(value, Mapping) and set(value) == {"env"}:
-        if not isinstance(value["env"], str) or value["env"] not in env:
-            raise ValueError(f"environment variable {value['env']} is not set")
-        secret = env[value["env"]]
-    elif isinstance(value, Mapping) and set(value) == {"file"}:
-        try:
-            secret = Path(str(value["file"])).read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read secret file {value['file']}: {exc.strerror}") from None
-    else:
-        raise ValueError('expected a string, { env = "VAR" } or { file = "/path" }')
+    """A token secret in the core's secret shapes, at least 16 characters long."""
+    secret = secret_value(value, env).value
     if len(secret) < 16:
         raise ValueError("must be at least 16 characters (use a random string)")
     return secret

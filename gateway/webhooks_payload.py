@@ -5,23 +5,15 @@ docs 1084/39492, 2025-10-30 sample), so a receiver written for Tencent callbacks
 unchanged. Two fields are ours: ``id`` (stable per event, the de-duplication key, equal to
 the ``webhook-id`` header of an unbatched post) and ``tags`` (``X-SES-Tags``).
 
-Event numbers: Tencent numbers ``eventid`` 1 delivered, 2 dropped, 3 bounce, 4 open, 5 click,
-6 spamreport, 7 unsubscribe, 8 deferred (§5.2 table). ``processed`` has no Tencent number
-(the 2021 document lists it as intermediate and newer ones drop it); we send 0.
-``gateway.events.EVENT_IDS`` numbers them differently (processed 1 … deferred 9) and is
-not used here.
+Event numbers: ``gateway.events.EVENT_IDS`` (Tencent's ``eventid``: 1 delivered, 2 dropped,
+3 bounce, 4 open, 5 click, 6 spamreport, 7 unsubscribe, 8 deferred; 0 for ``processed``).
 """
 from __future__ import annotations
 
 import email.header
 from typing import Any
 
-from gateway.events import Event
-
-EVENT_IDS: dict[str, int] = {
-    "processed": 0, "delivered": 1, "dropped": 2, "bounce": 3, "open": 4, "click": 5,
-    "spamreport": 6, "unsubscribe": 7, "deferred": 8,
-}
+from gateway.events import EVENT_IDS, Event
 
 CUSTOM_FIELD = "X-Tencentcloudses-Cb-Custom"
 

@@ -8,12 +8,11 @@ is only recorded).
 """
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from gateway.config import Config, ConfigError, _Reader
+from gateway.config import Config, ConfigError, parse_secret
 from gateway.events import Event
 from gateway.units import parse_duration
 from gateway.webhooks_signing import secret_key
@@ -123,13 +122,12 @@ def _options(table: Mapping[str, Any], where: str, errors: list[str]) -> Options
 
 
 def _keys(config: Config, table: Mapping[str, Any], dotted: str, errors: list[str]) -> tuple[bytes, ...]:
-    reader = _Reader(config.path, "", os.environ)
     keys = []
     for key in ("secret", "previous_secret"):
         if key not in table:
             continue
         try:
-            keys.append(secret_key(reader.secret(f"{dotted}.{key}", table[key]).value))
+            keys.append(secret_key(parse_secret(config, f"{dotted}.{key}", table[key]).value))
         except ConfigError as exc:
             errors.append(str(exc))
         except ValueError as exc:
