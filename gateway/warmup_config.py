@@ -2,7 +2,7 @@
 
 Without a ``[plugins.warmup]`` table :func:`parse` returns ``None`` and the plugin does
 nothing at all. Every problem is one line naming the key (exit 78 at start). See
-docs/warmup.md for the keys; the shapes are::
+the README (Per-IP warm-up) for the keys; the shapes are::
 
     [plugins.warmup]
     default_pool = "shared"                 # pool for accounts/domains not mapped elsewhere

@@ -21,7 +21,7 @@ Ordering: notification hooks only; no ordering needs.
 Config (``[plugins.callbacks]``): allow_private_callbacks, retry_initial, retry_max,
 retry_jitter, max_age, retry_after_max, connect_timeout, timeout, batch_size, batch_wait,
 poll_interval, concurrency. Per account (``[accounts.NAME.callbacks]``): secret,
-previous_secret, sender_urls. See docs/callbacks.md.
+previous_secret, sender_urls. See the README (Event callbacks).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ every ``gateway_metrics`` implementation adds its families (warm-up use per IP, 
 state …). A plugin family whose name is already taken is dropped with a warning: Prometheus
 rejects an exposition with a name twice.
 
-No configuration keys. The metric list is in docs/operating.md.
+No configuration keys. The metric list is in the README (Operating).
 """
 from __future__ import annotations
 

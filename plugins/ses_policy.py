@@ -27,7 +27,7 @@ Hooks and ordering:
 - ``gateway_delivery_result``: a 5xx for the recipient blocklists it for every account.
 - ``gateway_validate_config``: checks ``[plugins.ses_policy]`` and ``[accounts.*.ses_policy]``.
 
-Config keys: see :mod:`gateway.ses_settings` and docs/ses-policy.md. The clock is
+Config keys: see :mod:`gateway.ses_settings` and the README (SES semantics). The clock is
 ``gateway.stash[gateway.ses_settings.CLOCK]`` (tests move it).
 """
 from __future__ import annotations

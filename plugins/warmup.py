@@ -26,7 +26,7 @@ Hooks and their order in one delivery:
   ``check_local = false``). ``gateway_startup``/``gateway_reload``: parsed settings.
 * ``gateway_metrics`` (sent and caps per IP) and ``gateway_http_routes`` (``GET /v1/warmup``).
 
-Config keys: see gateway/warmup_config.py and docs/warmup.md.
+Config keys: see gateway/warmup_config.py and the README (Per-IP warm-up).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A real webhook receiver for the callback tests: verifies Standard Webhooks signatures with
-the snippet from docs/callbacks.md and answers as it is told (fail N times, 410, 429 +
+the snippet from README.md and answers as it is told (fail N times, 410, 429 +
 Retry-After, hang, huge body)."""
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "callbacks.md"
+DOCS = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def docs_verify() -> Callable[..., bool]:
-    """The `verify` function exactly as docs/callbacks.md prints it."""
+    """The `verify` function exactly as the README prints it."""
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
     code = next(b for b in blocks if "def verify(" in b)
     namespace: dict[str, Any] = {}
