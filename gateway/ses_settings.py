@@ -7,9 +7,9 @@ per request, subjects up to 998 characters, hard bounces blocklisted for 14 days
 pause threshold is this project's rule (DESIGN §4; Tencent documents 9 %/11 % invalid-address
 thresholds with the same 300-send minimum volume).
 
-The rules apply to an account when the configuration has a ``[plugins.ses_policy]`` table or
-the account has its own ``[accounts.NAME.ses_policy]`` table, and ``enabled`` is not false.
-The header contract (``X-SES-*``) and templates work regardless.
+The rules apply to every account, with these defaults, unless ``enabled = false`` (globally in
+``[plugins.ses_policy]`` or per account in ``[accounts.NAME.ses_policy]``): SES enforces its
+limits always. The header contract (``X-SES-*``) and templates work regardless.
 """
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ _CACHE: dict[int, tuple["Config", dict[str, PolicySettings | None]]] = {}
 
 def for_account(config: "Config", account: str | None) -> PolicySettings | None:
     """The rules for ``account``, or None when the policy does not apply to it (no account:
-    DSNs and unbound sessions; or no ``ses_policy`` table; or ``enabled = false``).
+    DSNs and unbound sessions; or ``enabled = false``).
     Cached per configuration object (a reload swaps the object)."""
     if account is None:
         return None
@@ -186,8 +186,6 @@ def for_account(config: "Config", account: str | None) -> PolicySettings | None:
 def _resolve(config: "Config", account: str) -> PolicySettings | None:
     entry = config.accounts.get(account)
     table = entry.settings.get(PLUGIN) if entry is not None else None
-    if PLUGIN not in config.plugin_settings and table is None:
-        return None
     ignored: list[str] = []            # validate() reported them at start-up
     settings = _apply(PolicySettings(), config.plugin_config(PLUGIN), f"plugins.{PLUGIN}", ignored)
     if table is not None:

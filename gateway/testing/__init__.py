@@ -24,6 +24,10 @@ from gateway.testing.sink import SinkServer
 __all__ = ["GatewayHarness", "make_config", "DnsServer", "SinkServer"]
 
 
+PERMISSIVE_SES_POLICY = ('[plugins.ses_policy]\nsend_rate = "100000/s"\nrecipient_hourly_limit = 1000000\n'
+                         'daily_limit = 100000000\nmax_backlog = 10000000\n')
+
+
 def make_config(tmp_path: Path | str, smarthost_port: int | None = None, *, extra: str = "",
                 delivery: str = "", limits: str = "", listener: str = "", server: str = "",
                 accounts: str = "", dkim: bool = True) -> str:
@@ -31,6 +35,11 @@ def make_config(tmp_path: Path | str, smarthost_port: int | None = None, *, extr
     (domain example.com, with an Ed25519 DKIM key made in ``tmp_path``), SQLite state under
     ``tmp_path``, fast retries, and a smarthost sink."""
     tmp = Path(tmp_path)
+    if not any("[plugins.ses_policy]" in part for part in (extra, accounts, delivery, limits, listener, server)):
+        # The SES rules are on by default (20/s pacing, 10 mails per recipient per hour);
+        # tests of other features send faster than that, so they get limits that never bind.
+        # Tests of the rules pass their own [plugins.ses_policy] table.
+        extra = PERMISSIVE_SES_POLICY + extra
     if dkim:
         key_file = tmp / "dkim" / "example.com.s1.pem"
         if not key_file.exists():

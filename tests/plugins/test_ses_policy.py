@@ -27,8 +27,9 @@ def test_defaults_and_account_overrides(tmp_path):
     assert ses_settings.for_account(config, None) is None
     off = config_with(tmp_path, "enabled = false")
     assert ses_settings.for_account(off, "app") is None
-    plain = parse(make_config(tmp_path, 1), path="t.toml")
-    assert ses_settings.for_account(plain, "app") is None
+    # No table at all: SES's documented defaults apply (SES enforces its limits always).
+    plain = ses_settings.for_account(parse(make_config(tmp_path, 1, extra="[plugins.ses_policy]\n"), path="t.toml"), "app")
+    assert plain is not None and (plain.daily_limit, plain.recipient_hourly_limit, plain.max_recipients) == (300_000, 10, 50)
 
 
 @pytest.mark.parametrize("policy,accounts,message", [
