@@ -147,3 +147,22 @@ async def test_smtps_handshake_timeout(tmp_path, sink, cert):
         async with asyncio.timeout(5):
             assert await reader.read() == b""
         writer.close()
+
+
+async def test_passwd_hash_authenticates(tmp_path, sink, cert):
+    """`ses-gateway passwd` prints a scrypt hash; an account with password_hash = it logs in."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "gateway", "passwd"], input="correct horse\n",
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("scrypt$")
+    hashed = result.stdout.strip()
+    config = tls_config(tmp_path, sink, cert).replace('password = { env = "APP_PW" }', f'password_hash = "{hashed}"')
+    async with GatewayHarness(config) as gw:
+        c = await starttls(gw, cert)
+        reply = await c.cmd("AUTH PLAIN " + plain("app", "wrong horse"))
+        assert (reply.code, reply.enhanced) == (535, "5.7.8")
+        reply = await c.cmd("AUTH PLAIN " + plain("app", "correct horse"))
+        assert (reply.code, reply.enhanced) == (235, "2.7.0")
+        await c.close()
