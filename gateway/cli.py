@@ -28,6 +28,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load(args.config)
     logs.configure(config.log_level, config.log_format)
+    if config.workers > 1:
+        from gateway import workers
+
+        return workers.run(config)
     try:
         import uvloop  # optional: a faster event loop when installed
         return int(uvloop.run(serve(config)))

@@ -159,6 +159,7 @@ class Config:
     log_level: str
     log_format: str
     shutdown_grace: float
+    workers: int                    # worker processes sharing the listeners (SO_REUSEPORT)
     listeners: tuple[Listener, ...]
     accounts: Mapping[str, Account]
     limits: Limits
@@ -610,6 +611,9 @@ def parse(text: str, *, path: str = "<config>", env: Mapping[str, str] | None = 
     log_level = server.choice("log_level", ("debug", "info", "warning", "error"), "info")
     log_format = server.choice("log_format", ("auto", "json", "console"), "auto")
     shutdown_grace = server.convert("shutdown_grace", parse_duration, "30s")
+    workers = server.positive("workers", 1)
+    if workers > 64:
+        raise server.error("workers", "must be at most 64")
     server.done()
 
     listeners_raw = _plain(document.get("listener", []))
@@ -659,7 +663,7 @@ def parse(text: str, *, path: str = "<config>", env: Mapping[str, str] | None = 
 
     return Config(
         path=path, hostname=hostname, spool_dir=spool_dir, state=state, node_id=node_id,
-        log_level=log_level, log_format=log_format, shutdown_grace=shutdown_grace,
+        log_level=log_level, log_format=log_format, shutdown_grace=shutdown_grace, workers=workers,
         listeners=listeners, accounts=MappingProxyType(accounts), limits=limits, delivery=delivery,
         dkim=MappingProxyType(dkim), http=http, plugins_disabled=tuple(disabled),
         plugin_settings=MappingProxyType(plugin_settings), raw=_plain(document),

@@ -49,14 +49,17 @@ log = structlog.get_logger("gateway.server")
 
 class Gateway:
     def __init__(self, config: Config, pm: PluginManager | None = None, *, load_entry_points: bool = True,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, worker: int = 0) -> None:
         self.config = config
+        # Worker index (gateway.workers): its own spool directory; worker 0 alone runs the HTTP
+        # listener and singletons such as the callback sender.
+        self.worker = worker
         self.notifier = notifier or Notifier(None)
         self.pm = pm or plugin_registry.create(config.plugins_disabled, load_entry_points=load_entry_points)
         self.dispatch = Dispatcher(self.pm, gateway=self)
         self.stash = Stash()
         self.store: Store = open_store(config.state)
-        self.spool = Spool(config.spool_dir, min_free_space=config.limits.min_free_space)
+        self.spool = Spool(config.spool_dir, worker=worker, min_free_space=config.limits.min_free_space)
         self.scheduler = Scheduler(self)
         self.intake = Intake(self)
         self.transports: dict[str, Transport] = {}
@@ -132,12 +135,13 @@ class Gateway:
                 server = await loop.create_server(factory, listener.host, listener.port,
                                                   ssl=context if listener.mode == "smtps" else None,
                                                   ssl_handshake_timeout=self.config.limits.tls_handshake_timeout if listener.mode == "smtps" else None,
-                                                  reuse_address=True, backlog=1024)
+                                                  reuse_address=True, reuse_port=self.config.workers > 1,
+                                                  backlog=1024)
             except OSError as exc:
                 raise StartupError(f"listener {listener.address}: {exc.strerror}") from None
             self.servers.append(server)
             self.bound.append(server.sockets[0].getsockname()[:2])
-        if self.config.http is not None:
+        if self.config.http is not None and self.worker == 0:      # one HTTP listener per node
             await self._start_http()
         self.ready = True
         log.info("gateway started", listeners=[f"{h}:{p}" for h, p in self.bound], queued=self.scheduler.depth,
@@ -365,10 +369,10 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext:
     return context
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, *, worker: int = 0, on_ready: Callable[[], None] | None = None) -> int:
     """Run until SIGTERM/SIGINT (reload on SIGHUP); returns the exit status."""
     notifier = Notifier.from_env()
-    gateway = Gateway(config, notifier=notifier)
+    gateway = Gateway(config, notifier=notifier, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -383,6 +387,8 @@ async def serve(config: Config) -> int:
             raise
         # Listeners accept and the spool is recovered: now systemd may start dependants.
         notifier.ready(gateway.status_text())
+        if on_ready is not None:
+            on_ready()
         supervisor = asyncio.create_task(gateway.supervise(), name="supervisor")
         await stop.wait()
         await gateway.stop()

@@ -76,6 +76,8 @@ def _is_literal(host: str) -> bool:
 
 @hookimpl
 async def gateway_startup(gateway: Any) -> None:
+    if getattr(gateway, "worker", 0) != 0:
+        return          # several worker processes share one outbox: only worker 0 posts it
     sender = Sender(lambda: gateway.config, lambda: gateway.store)
     gateway.stash[SENDER] = sender
     await sender.start()
