@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway import spf
 from gateway.config import EX_CONFIG, Config, ConfigError, load, parse, parse_hostport
-from gateway.signing import LoadedKey, Signer, load_keys, public_key_value
+from gateway.signing import LoadedKey, Signer, load_keys, public_key_value, write_private_key
 
 DEFAULT_CONFIG = "/etc/ses-gateway/gateway.toml"
 PROPAGATION_NOTE = ("Note: DNS changes can take about 10 minutes plus the record's TTL "
@@ -58,19 +58,6 @@ def record_line(name: str, rtype: str, value: str) -> str:
 def _default_selector(key_type: str) -> str:
     # A dated selector lets the next key be published beside this one during rotation.
     return ("ed" if key_type == "ed25519" else "s") + time.strftime("%Y%m")
-
-
-def _write_private_key(path: Path, key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> None:
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    # O_EXCL: never overwrite a key that may still be published; 0600 from the first byte.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _add_to_config(text: str, domain: str, selector: str, key_file: str) -> str:
@@ -143,7 +130,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     else:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     try:
-        _write_private_key(key_path, key)
+        write_private_key(key_path, key)
     except FileExistsError:
         _error(f"{key_path} already exists; not overwriting a key that may be in use")
         return 1

@@ -124,18 +124,13 @@ def _key_path(config: Config, key_file: str) -> Path:
     return Path(key_file)
 
 
-def generate_key(path: Path, key_type: str = "rsa") -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
-    """Create a new private key file (0600 from the first byte, never overwriting one)."""
-    private_key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
-    if key_type == "ed25519":
-        private_key = ed25519.Ed25519PrivateKey.generate()
-    else:
-        private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def write_private_key(path: Path, private_key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> None:
+    """Write a key as PKCS#8 PEM, 0600 from the first byte, never overwriting: FileExistsError
+    when ``path`` exists. Written aside and published with link(), so a reader never sees a
+    half-written key and of two processes writing at once exactly one wins."""
     pem = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # Written aside, then published with link(): readers never see a half-written key, and of
-    # two processes generating at once exactly one wins (the other reads the winner's key).
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -146,10 +141,21 @@ def generate_key(path: Path, key_type: str = "rsa") -> rsa.RSAPrivateKey | ed255
         os.close(fd)
     try:
         os.link(temp, path)
-    except FileExistsError:
-        pass
     finally:
         os.unlink(temp)
+
+
+def generate_key(path: Path, key_type: str = "rsa") -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
+    """A new RSA-2048 or Ed25519 key at ``path`` (if another process got there first, its key stays)."""
+    private_key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    if key_type == "ed25519":
+        private_key = ed25519.Ed25519PrivateKey.generate()
+    else:
+        private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    try:
+        write_private_key(path, private_key)
+    except FileExistsError:
+        pass
     return private_key
 
 
