@@ -605,6 +605,9 @@ def parse(text: str, *, path: str = "<config>", env: Mapping[str, str] | None = 
     state = server.get("state", str, required=True)
     if not re.match(r"^(sqlite:///.+|redis://.+|rediss://.+)$", state):
         raise server.error("state", f'expected "sqlite:///PATH" or "redis://HOST:PORT/DB", got {state!r}')
+    if not state.startswith("sqlite:///"):
+        # The Redis backend (several nodes, one set of limits) is the scale-out issue's work.
+        raise server.error("state", "the Redis backend is not available in this version; use sqlite:///PATH")
     node_id = server.get("node_id", str, hostname.split(".")[0])
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", node_id):
         raise server.error("node_id", "use 1-32 letters, digits, - or _")

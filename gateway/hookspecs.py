@@ -240,6 +240,28 @@ def gateway_queued(gateway: "Gateway", session: "Session", transaction: "Transac
     """
 
 
+@hookspec
+def gateway_transaction_end(gateway: "Gateway", session: "Session", transaction: "Transaction", queued: bool) -> "Maybe":
+    """A transaction ended: queued, or abandoned (RSET, HELO/EHLO, refused MAIL or DATA, QUIT,
+    a dropped connection). Plugins that reserved something at MAIL/RCPT release it here.
+
+    :param gateway: the running gateway.
+    :param session: the session.
+    :param transaction: the transaction that ended.
+    :param queued: ``True`` when the message was spooled (after ``gateway_queued``).
+    :returns: nothing; may be ``async``.
+
+    All implementations are called; results are ignored.
+
+    Example::
+
+        @hookimpl
+        async def gateway_transaction_end(gateway, session, transaction, queued):
+            if not queued:
+                await quota.release(session.account, len(transaction.recipients))
+    """
+
+
 # --------------------------------------------------------------------------- delivery
 
 

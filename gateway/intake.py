@@ -7,6 +7,7 @@ parameters, AUTH lockout, content cleanup, and the durable commit before ``250``
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import email.utils
 import re
@@ -44,6 +45,7 @@ class Intake:
         self.auth_failures: dict[str, collections.deque[float]] = {}
         self.auth_locked_until: dict[str, float] = {}
         self.stats: collections.Counter[str] = collections.Counter()
+        self._ending: set[asyncio.Task[None]] = set()
         # RCPT outcomes by reply (code, enhanced code, SES error code or ""), for /metrics.
         self.rcpt_results: collections.Counter[tuple[int, str, str]] = collections.Counter()
 
@@ -75,6 +77,22 @@ class Intake:
             return None
         result = for_verdict("connect", reply)
         return result if result.code == 421 or result.code >= 500 else replies.S421_DISCONNECT
+
+    async def end_transaction(self, session: Session, *, queued: bool = False) -> None:
+        """Close the open transaction, if any, and tell ``gateway_transaction_end`` plugins."""
+        transaction = session.transaction
+        if transaction is None:
+            return
+        session.reset()
+        await self.gateway.dispatch.notify("gateway_transaction_end", session=session, transaction=transaction,
+                                           queued=queued)
+
+    def end_transaction_soon(self, session: Session) -> None:
+        """The same from synchronous code (a dropped connection): runs as a task."""
+        if session.transaction is not None:
+            task = asyncio.get_running_loop().create_task(self.end_transaction(session))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
 
     def closed(self, session: Session) -> None:
         self.per_ip[session.peer_ip] -= 1
@@ -168,7 +186,7 @@ class Intake:
         reply = await self.gateway.dispatch.verdict("gateway_mail", session=session, transaction=transaction,
                                                     sender=parsed.address)
         if reply.verdict not in (Verdict.CONT, Verdict.OK):
-            session.reset()
+            await self.end_transaction(session)
             return for_verdict("mail", reply)
         return replies.S250_SENDER_OK
 
@@ -257,6 +275,7 @@ class Intake:
         self._log_transaction(session, result, queued)
         await self.gateway.scheduler.accept(queued, data, message)
         await self.gateway.dispatch.notify("gateway_queued", session=session, transaction=transaction, queued=queued)
+        await self.end_transaction(session, queued=True)
         return result
 
     def _log_transaction(self, session: Session, reply: SmtpReply, queued: QueuedMessage | None = None) -> None:

@@ -100,11 +100,12 @@ class GatewaySMTP(AioSMTP):
             self.intake.sessions.add(self)
         elif self.gw is not None:
             self.gw.tls = True
-            self.gw.reset()
+            self.intake.end_transaction_soon(self.gw)     # RFC 3207 §4.2: start over after TLS
 
     def connection_lost(self, error: Exception | None) -> None:
         self.intake.sessions.discard(self)
         if self.gw is not None:
+            self.intake.end_transaction_soon(self.gw)
             self.intake.closed(self.gw)
         super().connection_lost(error)
 
@@ -225,7 +226,7 @@ class GatewaySMTP(AioSMTP):
         assert self.gw is not None and self.session is not None
         self.gw.helo, self.gw.esmtp = arg, False
         self.session.host_name, self.session.extended_smtp = arg, False
-        self.gw.reset()
+        await self.intake.end_transaction(self.gw)           # RFC 5321 §4.1.4: HELO resets
         await self.push(f"250 {self.hostname}")
 
     async def smtp_EHLO(self, arg: str | None) -> None:
@@ -235,7 +236,7 @@ class GatewaySMTP(AioSMTP):
         assert self.gw is not None and self.session is not None
         self.gw.helo, self.gw.esmtp = arg, True
         self.session.host_name, self.session.extended_smtp = arg, True
-        self.gw.reset()
+        await self.intake.end_transaction(self.gw)           # RFC 5321 §4.1.4: EHLO resets
         lines = [self.hostname, f"SIZE {self.limits.max_message_size}", "8BITMIME", "SMTPUTF8",
                  "PIPELINING", "ENHANCEDSTATUSCODES"]
         if self.tls_context is not None and not self._tls_protocol:
@@ -409,14 +410,14 @@ class GatewaySMTP(AioSMTP):
             if raw is None:
                 return                       # connection closed mid-DATA: nothing acknowledged
             if too_big:
-                self.gw.reset()
+                await self.intake.end_transaction(self.gw)
                 await self.reply(replies.S552_TOO_BIG)
                 return
             status = await self.intake.data(self.gw, raw)
             await self.reply(status)
         finally:
             self.in_data = False
-            self.gw.reset()
+            await self.intake.end_transaction(self.gw)
 
     async def _read_data(self) -> tuple[bytes | None, bool]:
         """Read up to CRLF.CRLF in chunks; return (dot-stuffed bytes with CRLF at the end, too big).
@@ -459,7 +460,7 @@ class GatewaySMTP(AioSMTP):
         if arg:
             await self.reply(replies.S501_SYNTAX_PARAMS)
             return
-        self.gw.reset()
+        await self.intake.end_transaction(self.gw)
         await self.reply(replies.S250_RESET)
 
     async def smtp_NOOP(self, arg: str | None) -> None:

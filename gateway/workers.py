@@ -93,6 +93,15 @@ def run(config: Config) -> int:
         from gateway.signing import load_keys
 
         load_keys(config)
+    # Create the store's schema once, before the workers open it together.
+    from gateway.store.base import open_store
+
+    async def prepare_store() -> None:
+        store = open_store(config.state)
+        await store.open()
+        await store.close()
+
+    asyncio.run(prepare_store())
     moved = adopt_orphans(config.spool_dir, config.workers)
     if moved:
         log.info("queued messages of retired workers adopted", messages=moved)

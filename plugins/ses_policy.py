@@ -17,12 +17,13 @@ the same code the SES API would have returned:
 | send rate 20/s | delivery | paced: deliveries wait (DeliverStatus 8 "held: send rate") |
 
 Hooks and ordering:
-- ``gateway_mail``: refunds the counts of an unfinished previous transaction, then paused /
+- ``gateway_mail``: paused account and
   backlog checks.
 - ``gateway_rcpt``: the checks above, then takes the daily and per-recipient counts atomically.
 - ``gateway_data`` (tryfirst): parses the X-SES-* contract into ``transaction.meta`` and strips
   every X-SES-* header, renders templates — first, so other plugins see the meta keys.
 - ``gateway_queued``: the counts become final; FromEmailAddress goes into the status records.
+- ``gateway_transaction_end``: a transaction that was not queued gives its counts back.
 - ``gateway_delivery_gate``: the send-rate pacing, counted in the store (shared by nodes).
 - ``gateway_delivery_result``: a 5xx for the recipient blocklists it for every account.
 - ``gateway_validate_config``: checks ``[plugins.ses_policy]`` and ``[accounts.*.ses_policy]``.
@@ -89,7 +90,6 @@ def gateway_validate_config(config: "Config") -> list[str] | None:
 
 @hookimpl
 async def gateway_mail(gateway: "Gateway", session: "Session", transaction: "Transaction", sender: str) -> Reply | None:
-    await _refund(gateway, session)          # RSET or a refused DATA left counts behind
     rule = _settings(gateway, session.account)
     if rule is None or session.account is None:
         return None
@@ -157,10 +157,7 @@ def _frequency_limit(rule: ses_settings.PolicySettings, until: float, timezone: 
 
 @hookimpl(tryfirst=True)
 async def gateway_data(gateway: "Gateway", session: "Session", transaction: "Transaction", message: "Message") -> Reply | None:
-    reply = _data(gateway, session, transaction, message)
-    if reply is not None:
-        await _refund(gateway, session)
-    return reply
+    return _data(gateway, session, transaction, message)
 
 
 def _data(gateway: "Gateway", session: "Session", transaction: "Transaction", message: "Message") -> Reply | None:
@@ -188,6 +185,14 @@ def _data(gateway: "Gateway", session: "Session", transaction: "Transaction", me
     transaction.meta.update(headers.meta())
     ses_headers.strip(message)
     return None
+
+
+@hookimpl
+async def gateway_transaction_end(gateway: "Gateway", session: "Session", transaction: "Transaction", queued: bool) -> None:
+    # Counts taken at RCPT stand only for mail that was queued; RSET, a refused DATA, QUIT or a
+    # dropped connection give them back.
+    if not queued:
+        await _refund(gateway, session)
 
 
 @hookimpl

@@ -70,6 +70,7 @@ def test_unknown_key_names_key_and_line(tmp_path):
     (('networks = ["127.0.0.0/8"]', 'networks = ["::/0"]'), "would make this listener an open relay"),
     (('networks = ["127.0.0.0/8"]', "networks = []"), "needs an allowlist of networks"),
     (('state = "sqlite:///', 'state = "mysql:///'), "server.state: expected"),
+    (('state = "sqlite:///', 'state = "redis://127.0.0.1:6379/0#'), "the Redis backend is not available"),
     (('account = "app"', 'account = "nobody"'), "no [accounts.nobody]"),
 ])
 def test_bad_values(tmp_path, mutation, fragment):

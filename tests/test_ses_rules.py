@@ -82,7 +82,7 @@ async def test_counts_of_an_abandoned_transaction_are_given_back(tmp_path, sink)
         assert (await client.cmd("RCPT TO:<a@example.net>")).code == 250
         assert (await client.cmd("RSET")).code == 250
         assert (await client.cmd("MAIL FROM:<app@example.com>")).code == 250
-        assert (await client.cmd("RCPT TO:<b@example.net>")).code == 250      # refunded at the new MAIL
+        assert (await client.cmd("RCPT TO:<b@example.net>")).code == 250      # refunded at RSET
         bad = await client.data(body(headers="X-SES-Trigger-Type: 7\r\n"))
         assert (bad.code, bad.enhanced) == (554, "5.6.0")                       # refunded at DATA
         assert (await client.cmd("MAIL FROM:<app@example.com>")).code == 250
@@ -90,6 +90,33 @@ async def test_counts_of_an_abandoned_transaction_are_given_back(tmp_path, sink)
         assert (await client.data(body())).code == 250
         assert (await client.cmd("MAIL FROM:<app@example.com>")).code == 250
         assert (await client.cmd("RCPT TO:<d@example.net>")).code == 451       # the one slot is used
+        await client.close()
+
+
+async def test_counts_are_given_back_on_disconnect_and_core_refusal(tmp_path, sink):
+    """gateway_transaction_end: a dropped connection and a DATA the core refuses (NUL byte)
+    release the counts taken at RCPT, so they do not use up the daily limit."""
+    from rawsmtp import RawClient
+    async with GatewayHarness(policy_config(tmp_path, sink.port, "daily_limit = 1")) as gw:
+        client = await RawClient.connect(gw.host, gw.port)
+        await client.ehlo()
+        assert (await client.cmd("MAIL FROM:<app@example.com>")).code == 250
+        assert (await client.cmd("RCPT TO:<a@example.net>")).code == 250
+        await client.close()                                                   # gone without DATA
+        client = await RawClient.connect(gw.host, gw.port)
+        await client.ehlo()
+        async with asyncio.timeout(5):
+            while True:                                                        # the refund is a task
+                assert (await client.cmd("MAIL FROM:<app@example.com>")).code == 250
+                if (await client.cmd("RCPT TO:<b@example.net>")).code == 250:
+                    break
+                await client.cmd("RSET")
+                await asyncio.sleep(0.05)
+        refused = await client.data(body(text="nul \x00 byte"))
+        assert (refused.code, refused.enhanced) == (554, "5.6.0")             # the core's cleanup refused it
+        assert (await client.cmd("MAIL FROM:<app@example.com>")).code == 250
+        assert (await client.cmd("RCPT TO:<c@example.net>")).code == 250
+        assert (await client.data(body())).code == 250
         await client.close()
 
 

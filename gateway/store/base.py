@@ -99,8 +99,4 @@ def open_store(url: str) -> Store:
         from gateway.store.sqlite import SqliteStore
 
         return SqliteStore(url[len("sqlite:///") - 1:] if url.startswith("sqlite:////") else url[len("sqlite:///"):])
-    if url.startswith(("redis://", "rediss://")):
-        from gateway.store.redis import RedisStore
-
-        return RedisStore(url)
     raise ValueError(f"unsupported state URL {url!r}")

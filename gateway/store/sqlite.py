@@ -57,7 +57,16 @@ class SqliteStore(Store):
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
+        # Switching a new file to WAL needs it exclusively and does not wait on the busy
+        # handler: processes starting together (worker mode) retry instead of failing.
+        for attempt in range(50):
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.05)
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=30000")
         db.executescript(SCHEMA)
