@@ -303,13 +303,11 @@ class GatewaySMTP(AioSMTP):
         if locked is not None:
             await self.reply(locked)
             return
+        initial = parts[1].encode() if len(parts) == 2 else None
         if mechanism == "PLAIN":
-            blob = parts[1].encode() if len(parts) == 2 else await self._challenge(b"")
-            if blob is None:
-                return
-            decoded = self._b64(blob)
+            # RFC 4616: authzid NUL authcid NUL passwd
+            decoded = await self._auth_value(initial, b"")
             if decoded is None:
-                await self.reply(replies.S501_AUTH_BASE64)
                 return
             fields = decoded.split(b"\0")
             if len(fields) != 3:
@@ -317,33 +315,25 @@ class GatewaySMTP(AioSMTP):
                 return
             username, password = fields[1], fields[2]
         else:
-            if len(parts) == 2:
-                user_blob: bytes | None = parts[1].encode()
-            else:
-                user_blob = await self._challenge(b"Username:")
-            if user_blob is None:
+            user = await self._auth_value(initial, b"Username:")
+            secret = await self._auth_value(None, b"Password:") if user is not None else None
+            if user is None or secret is None:
                 return
-            decoded_user = self._b64(user_blob)
-            if decoded_user is None:
-                await self.reply(replies.S501_AUTH_BASE64)
-                return
-            pass_blob = await self._challenge(b"Password:")
-            if pass_blob is None:
-                return
-            decoded_pass = self._b64(pass_blob)
-            if decoded_pass is None:
-                await self.reply(replies.S501_AUTH_BASE64)
-                return
-            username, password = decoded_user, decoded_pass
+            username, password = user, secret
         result = await self.intake.auth(self.gw, mechanism, username.decode("utf-8", "replace"),
                                         password.decode("utf-8", "replace"))
         await self.reply(result)
 
-    @staticmethod
-    def _b64(blob: bytes) -> bytes | None:
+    async def _auth_value(self, initial: bytes | None, prompt: bytes) -> bytes | None:
+        """The client's base64 answer (the initial response, else one asked for with 334),
+        decoded; None after the refusal was already sent (bad base64, "*", too long)."""
+        blob = initial if initial is not None else await self._challenge(prompt)
+        if blob is None:
+            return None
         try:
             return b64decode(blob.strip(), validate=True)
         except (binascii.Error, ValueError):
+            await self.reply(replies.S501_AUTH_BASE64)
             return None
 
     async def _challenge(self, prompt: bytes) -> bytes | None:
