@@ -7,7 +7,6 @@ The transaction and its stash are reset on RSET and on a new MAIL.
 from __future__ import annotations
 
 import itertools
-import os
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -102,5 +101,3 @@ class Session:
     def reset(self) -> None:
         self.transaction = None
 
-
-PID = os.getpid()
