@@ -22,11 +22,11 @@ import dkim.crypto
 import dkim.util
 import tomlkit
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway import spf
 from gateway.config import EX_CONFIG, Config, ConfigError, load, parse, parse_hostport
-from gateway.signing import LoadedKey, Signer, load_keys, public_key_value, write_private_key
+from gateway.signing import LoadedKey, Signer, load_keys, new_private_key, public_key_value, write_private_key
 
 DEFAULT_CONFIG = "/etc/ses-gateway/gateway.toml"
 PROPAGATION_NOTE = ("Note: DNS changes can take about 10 minutes plus the record's TTL "
@@ -124,11 +124,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     key_dir = Path(args.key_dir) if args.key_dir else config_path.resolve().parent / "dkim"
     key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_path = (key_dir / f"{domain}.{selector}.pem").resolve()
-    key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
-    if args.type == "ed25519":
-        key = ed25519.Ed25519PrivateKey.generate()
-    else:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = new_private_key(args.type)
     try:
         write_private_key(key_path, key)
     except FileExistsError:

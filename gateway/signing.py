@@ -145,13 +145,16 @@ def write_private_key(path: Path, private_key: rsa.RSAPrivateKey | ed25519.Ed255
         os.unlink(temp)
 
 
-def generate_key(path: Path, key_type: str = "rsa") -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
-    """A new RSA-2048 or Ed25519 key at ``path`` (if another process got there first, its key stays)."""
-    private_key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+def new_private_key(key_type: str = "rsa") -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
+    """A fresh RSA-2048 (RFC 8301: at least 2048 bits for signing) or Ed25519 (RFC 8463) key."""
     if key_type == "ed25519":
-        private_key = ed25519.Ed25519PrivateKey.generate()
-    else:
-        private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return ed25519.Ed25519PrivateKey.generate()
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def generate_key(path: Path, key_type: str = "rsa") -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
+    """A new key at ``path`` (if another process got there first, its key stays)."""
+    private_key = new_private_key(key_type)
     try:
         write_private_key(path, private_key)
     except FileExistsError:
